@@ -1,0 +1,286 @@
+"""The one entry point: features of raw tables at grid times.
+
+    table = compute(plan(names), con, grid)
+
+`con` is a DuckDB connection on which the raw tables the plan needs are visible under their
+names (`klines`, `trades`, `funding`, `ticker`, and the book tables `book_samples` /
+`book_changes` that featlib.book derives from snapshots and deltas). The dataset builder points
+those names at the Parquet store; the live service registers its in-memory buffers under the
+same names. Both then run exactly this code: per source, one SQL query compiled once from the
+Ibis declarations (plus the pandas-ta indicators over the same candles).
+
+How a source meets the grid (featlib.inputs.Source): "asof" sources (candles) give a grid
+row the latest event at or before it that is still current; "timeline" sources (trades,
+funding, book) are windows over events and grid rows in time order; "clock" features read
+the grid time alone. Non-finite results are null.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import ibis
+import ibis.expr.types as ir
+import numpy as np
+import pyarrow as pa
+
+from featlib.features import FEATURES, Feature
+from featlib.features.base import candles
+from featlib.inputs import SOURCES, isfinite
+
+GRID_SCHEMA = pa.schema([pa.field("symbol", pa.string()), pa.field("ts", pa.int64())])
+
+
+class UnknownFeatureError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    source: str
+    features: tuple[Feature, ...]
+    """This source's features (dependencies included), in dependency order."""
+    sql: str
+    """grid -> (symbol, ts, feature columns), one row per grid row, ordered by symbol, ts."""
+    event_sql: str | None
+    """Raw tables -> the events pandas indicators read (only when there are indicators)."""
+
+    @property
+    def indicators(self) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.kind == "indicator")
+
+
+@dataclass(frozen=True)
+class Plan:
+    names: tuple[str, ...]
+    """Output feature columns, in order."""
+    features: tuple[Feature, ...]
+    """Everything computed (dependencies included), in dependency order."""
+    parts: tuple[SourcePlan, ...]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(part.source for part in self.parts)
+
+    @property
+    def raw_tables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r for s in self.sources for r in SOURCES[s].raw))
+
+    @property
+    def lookback_ms(self) -> dict[str, int]:
+        """Per source: how much history before a grid time the plan reads."""
+        return {p.source: max(f.lookback_ms for f in p.features) for p in self.parts}
+
+    @property
+    def max_lookback_ms(self) -> int:
+        return max(self.lookback_ms.values(), default=0)
+
+    @property
+    def sql(self) -> str:
+        return "\n;\n".join(p.sql for p in self.parts)
+
+
+def resolve(names: Iterable[str]) -> list[Feature]:
+    """Requested features plus their dependencies, each after what it reads."""
+    ordered: list[Feature] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        if name in chain:
+            raise ValueError(f"feature dependency cycle: {' -> '.join((*chain, name))}")
+        if name not in FEATURES:
+            raise UnknownFeatureError(f"unknown feature {name!r}")
+        for dep in FEATURES[name].depends:
+            visit(dep, (*chain, name))
+        seen.add(name)
+        ordered.append(FEATURES[name])
+
+    for name in names:
+        visit(name, ())
+    return ordered
+
+
+def _apply(frame: ir.Table, feats: Sequence[Feature]) -> ir.Table:
+    """Mask the indicators, then add each Ibis feature's column in dependency order, checking
+    it adds exactly that column."""
+    indicators = [f for f in feats if f.kind == "indicator"]
+    if indicators:  # bounded: null unless enough candles lie in the lookback (one count per span)
+        spans = sorted({f.lookback_ms // 60_000 for f in indicators})
+        frame = frame.mutate(**{f"_n{n}": frame.ts.count().over(candles(frame, n)) for n in spans})
+        frame = frame.mutate(
+            **{
+                f.name: ibis.ifelse(
+                    frame[f"_n{f.lookback_ms // 60_000}"] >= f.min_candles,
+                    frame[f.name],
+                    ibis.null(),
+                )
+                for f in indicators
+            }
+        ).drop(*(f"_n{n}" for n in spans))
+    for f in feats:
+        if f.kind == "indicator":
+            continue
+        before = set(frame.columns)
+        frame = f.fn(frame)
+        added = set(frame.columns) - before
+        if added != {f.name} or not before <= set(frame.columns):
+            raise ValueError(
+                f"feature {f.name!r} must add exactly the column {f.name!r}, added {sorted(added)}"
+            )
+    return frame
+
+
+def _timeline(events: ir.Table, grid: ir.Table) -> ir.Table:
+    """Events and grid rows (`_at`) in one table, all value columns nullable."""
+    kinds = {
+        c: t.copy(nullable=True) for c, t in events.schema().items() if c not in ("symbol", "ts")
+    }
+    key = {"symbol": "string", "ts": "int64"}
+    return events.select(
+        **{c: events[c].cast(t) for c, t in key.items()},
+        **{c: events[c].cast(t) for c, t in kinds.items()},
+        _at=ibis.literal(False),
+    ).union(
+        grid.select(
+            **{c: grid[c].cast(t) for c, t in key.items()},
+            **{c: ibis.null(t) for c, t in kinds.items()},
+            _at=ibis.literal(True),
+        )
+    )
+
+
+def _source_plan(source: str, feats: Sequence[Feature]) -> SourcePlan:
+    src = SOURCES[source]
+    grid = ibis.table(ibis.Schema.from_pyarrow(GRID_SCHEMA), name="grid")
+    names = [f.name for f in feats]
+    event_sql = None
+    if src.frame == "clock":
+        frame = _apply(grid, feats)
+    else:
+        events = src.events()
+        if any(f.kind == "indicator" for f in feats):  # indicators arrive as materialised columns
+            event_sql = ibis.to_sql(events, dialect="duckdb")
+            schema = dict(events.schema().items())
+            schema.update({f.name: "float64" for f in feats if f.kind == "indicator"})
+            events = ibis.table(schema, name=f"events_{source}")
+        if src.frame == "timeline":
+            frame = _timeline(events, grid) if src.grid_rows else events
+            frame = _apply(frame, feats)
+            frame = frame.filter(frame._at)
+        else:
+            frame = _apply(events, feats)
+    frame = frame.select(_s="symbol", _t="ts", **{n: frame[n] for n in names})
+    if src.frame == "asof":
+        out = grid.asof_join(frame, on=grid.ts >= frame._t, predicates=[grid.symbol == frame._s])
+    else:
+        out = grid.left_join(frame, [grid.symbol == frame._s, grid.ts == frame._t])
+    values = {}
+    for f in feats:
+        value = out[f.name].cast("float64")
+        usable = isfinite(value)
+        if src.frame == "asof":
+            usable = ((out.ts - out._t) < (src.validity_ms or f.lookback_ms)) & usable
+        values[f.name] = ibis.ifelse(usable, value, ibis.null())
+    expr = out.select("symbol", "ts", **values).order_by(["symbol", "ts"])
+    return SourcePlan(source, tuple(feats), ibis.to_sql(expr, dialect="duckdb"), event_sql)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(names: tuple[str, ...]) -> Plan:
+    feats = resolve(names)
+    sources = tuple(dict.fromkeys(f.source for f in feats))
+    parts = tuple(_source_plan(s, [f for f in feats if f.source == s]) for s in sources)
+    return Plan(names, tuple(feats), parts)
+
+
+def plan(names: Iterable[str]) -> Plan:
+    """Compile the features once (cached): the same Plan serves every later call."""
+    return _plan(tuple(dict.fromkeys(names)))
+
+
+def grid(symbols: Sequence[str], start_ms: int, end_ms: int, step_ms: int) -> pa.Table:
+    """Grid times start, start+step, ... < end for every symbol, ordered by symbol, ts."""
+    times = np.arange(start_ms, end_ms, step_ms, dtype=np.int64)
+    ordered = sorted(symbols)
+    return pa.table(
+        {
+            "symbol": pa.array(
+                np.repeat(np.asarray(ordered, dtype=object), len(times)), pa.string()
+            ),
+            "ts": pa.array(np.tile(times, len(ordered)), pa.int64()),
+        }
+    )
+
+
+def _indicators(events: pa.Table, feats: Sequence[Feature]) -> pa.Table:
+    """Run the pandas(-ta) indicators over each symbol's candles, in time order; each returns
+    its column, and the columns join the events table once."""
+    events = events.sort_by([("symbol", "ascending"), ("ts", "ascending")])
+    frame = events.to_pandas()
+    symbols = frame["symbol"].to_numpy()
+    cuts = [0, *(np.flatnonzero(symbols[1:] != symbols[:-1]) + 1), len(frame)]
+    columns = {f.name: np.full(len(frame), np.nan) for f in feats}
+    for a, b in itertools.pairwise(cuts):
+        part = frame.iloc[a:b].reset_index(drop=True)
+        for f in feats:
+            values = np.asarray(f.fn(part), dtype="float64")
+            if values.shape != (b - a,):
+                raise ValueError(
+                    f"indicator {f.name!r} returned {values.shape}, expected ({b - a},)"
+                )
+            columns[f.name][a:b] = values
+    for f in feats:
+        events = events.append_column(
+            pa.field(f.name, pa.float64()), pa.array(columns[f.name], from_pandas=True)
+        )
+    return events
+
+
+def prepare_grid(grid_table: pa.Table) -> pa.Table:
+    """The grid ordered by (symbol, ts) without duplicate rows, as compute returns it."""
+    g = grid_table.select(["symbol", "ts"]).cast(GRID_SCHEMA)
+    return (
+        g.group_by(["symbol", "ts"])
+        .aggregate([])
+        .sort_by([("symbol", "ascending"), ("ts", "ascending")])
+    )
+
+
+def compute_source(part: SourcePlan, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """One source's features at the grid registered on `con` (symbol, ts, features)."""
+    if part.event_sql is not None:
+        events = con.sql(part.event_sql).to_arrow_table()
+        con.register(f"events_{part.source}", _indicators(events, part.indicators))
+    return con.sql(part.sql).to_arrow_table()
+
+
+def compute(p: Plan, con: duckdb.DuckDBPyConnection, grid_table: pa.Table) -> pa.Table:
+    """Features of plan `p` at the grid's (symbol, ts) rows, from the raw tables on `con`.
+
+    Rows come back ordered by (symbol, ts), one per distinct grid row."""
+    grid_table = prepare_grid(grid_table)
+    seconds = any(SOURCES[s].whole_seconds for s in p.sources)
+    if seconds and len(grid_table) and (grid_table["ts"].to_numpy() % 1000).any():
+        raise ValueError(
+            "grid times must be whole seconds for trade features (trades are bucketed by second)"
+        )
+    con.register("grid", grid_table)
+    columns = {"symbol": grid_table["symbol"], "ts": grid_table["ts"]}
+    try:
+        for part in p.parts:
+            result = compute_source(part, con)
+            if len(result) != len(grid_table):
+                raise RuntimeError(
+                    f"{part.source}: {len(result)} rows for {len(grid_table)} grid rows"
+                )
+            columns.update({f.name: result[f.name] for f in part.features})
+    finally:
+        con.unregister("grid")
+    return pa.table({name: columns[name] for name in ("symbol", "ts", *p.names)})

@@ -1,0 +1,474 @@
+"""Build a training dataset: features + targets on a time grid, split without leakage.
+
+    metadata = build(DatasetRequest(...), data_dir, out_dir)
+
+writes `{out_dir}/{train,validation,test}.parquet` (columns `ts` UTC, `symbol`, one column per
+feature of the registry version, `target_*`) and `{out_dir}/metadata.json`. Features come from
+the same `compute` call the live service makes; the raw store is read through DuckDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tqdm import tqdm
+
+from featlib import compute, raw, registry, synthetic
+from featlib.inputs import DERIVED_SCHEMAS
+from featlib.quality import QualityConfig, QualityError, quality_report
+from featlib.schema import check_symbol
+from featlib.splits import (
+    RandomSplit,
+    SplitConfig,
+    SplitError,
+    TimeSplit,
+    WalkForward,
+    assign_folds,
+    fold_table,
+    fold_windows,
+    split_metadata,
+)
+from featlib.targets import TargetSpec, compute_targets
+from featlib.timeutil import DAY_MS, MINUTE_MS, format_duration, iso, parse_duration
+
+FORMAT_VERSION = 1
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be built as asked; the message says why and what is available."""
+
+
+class DatasetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[str] = Field(min_length=1)
+    start: int = Field(description="first grid time, epoch ms (inclusive)")
+    end: int = Field(description="grid end, epoch ms (exclusive)")
+    registry_version: str | None = None
+    target: TargetSpec = Field(default_factory=TargetSpec)
+    split: SplitConfig | None = None
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    resolution: Literal["1m", "1s"] = "1m"
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        for symbol in value:
+            check_symbol(symbol)
+        if len(set(value)) != len(value):
+            raise ValueError("symbols repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> DatasetRequest:
+        if self.resolution == "1s" and "price" not in self.target.model_fields_set:
+            # a 1-second grid wants a 1-second price: the last trade, not the minute close
+            self.target = self.target.model_copy(update={"price": "trade"})
+        step = self.step_ms
+        if self.end <= self.start:
+            raise ValueError(f"end {iso(self.end)} is not after start {iso(self.start)}")
+        if self.start % step or self.end % step:
+            raise ValueError(f"start and end must fall on the {self.resolution} grid")
+        if isinstance(self.split, WalkForward):  # pin the range, so the folds can be rebuilt
+            self.split = self.split.model_copy(
+                update={"start": self.split.start or self.start, "end": self.split.end or self.end}
+            )
+        if self.split is not None and not isinstance(self.split, RandomSplit):
+            try:
+                fold_windows(self.split, self.target.horizon_ms, self.start, self.end)
+            except SplitError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def step_ms(self) -> int:
+        return parse_duration(self.resolution)
+
+    def split_config(self) -> SplitConfig:
+        return self.split or TimeSplit.by_fractions(
+            self.start, self.end, self.step_ms, self.split_fractions
+        )
+
+
+def kline_lookback(fs: registry.FeatureSet) -> int:
+    """The candle history a feature set needs before its first grid time."""
+    return max((f.lookback_ms for f in fs.features if "kline" in f.input_sources), default=0)
+
+
+BOOK_WARMUP_MS = DAY_MS
+"""How far before the first grid time the builder looks for the order-book snapshot to replay
+from; grid rows before the first snapshot have a desynchronised (null) book."""
+
+
+def required_history(fs: registry.FeatureSet, target: TargetSpec) -> dict[str, int]:
+    """Raw tables that must cover the build, each with the lookback needed before its start."""
+    needs: dict[str, int] = {}
+    for spec in fs.features:
+        for source in spec.input_sources:
+            kind = {"kline": "klines", "trades": "trades", "orderbook": "orderbook_deltas"}.get(
+                source
+            )
+            if kind:
+                needs[kind] = max(needs.get(kind, 0), spec.lookback_ms)
+    price = "klines" if target.price == "close" else "trades"
+    needs.setdefault(price, 0)
+    return needs
+
+
+def book_tables(
+    data_dir: Path, symbols: list[str], grid: pa.Table, since_ms: int
+) -> tuple[pa.Table, pa.Table, list[Path], dict[str, int]]:
+    """Replay each symbol's deepest book stream from the raw store and sample it at the grid
+    times: the `book_samples` and `book_changes` tables the order-book features read."""
+    from featlib import book  # numba compiles on first use; only book builds pay for it
+
+    end = int(pc.max(grid["ts"]).as_py()) + 1 if len(grid) else since_ms
+    samples, changes, files = [], [], []
+    quality = {"gaps": 0, "stale": 0, "crossed": 0, "desynced_samples": 0}
+    for symbol in symbols:
+        tables = {}
+        for kind in ("orderbook_snapshots", "orderbook_deltas"):
+            files += raw.files(data_dir, kind, [symbol], since_ms, end)
+            tables[kind] = raw.read(data_dir, kind, [symbol], since_ms, end)
+        times = grid.filter(pc.equal(grid["symbol"], symbol))["ts"].to_numpy()
+        messages = book.stream_messages(
+            tables["orderbook_snapshots"], tables["orderbook_deltas"], symbol
+        )
+        sampled, changed, counters = book.replay(messages, times)
+        for key in ("gaps", "stale", "crossed"):
+            quality[key] += int(counters.get(key, 0))
+        quality["desynced_samples"] += int(pc.sum(sampled["desynced"]).as_py() or 0)
+        for out, part, name in (
+            (samples, sampled, "book_samples"),
+            (changes, changed, "book_changes"),
+        ):
+            schema = DERIVED_SCHEMAS[name]
+            out.append(_with_symbol(part, symbol).select(schema.names).cast(schema))
+    return pa.concat_tables(samples), pa.concat_tables(changes), files, quality
+
+
+def _backfill(
+    data_dir: Path,
+    request: DatasetRequest,
+    p: compute.Plan,
+    lookback: int,
+    options: Any,
+    max_days: int,
+    say: Callable[[str], None],
+) -> list[str]:
+    """Fetch the candles (and funding) the build needs and the store lacks; return warnings."""
+    from featlib import backfill  # pybit lives there; only builds that backfill import it
+
+    types = ["klines"] + (["funding"] if "funding" in p.sources else [])
+    warnings = []
+    for symbol in request.symbols:
+        try:
+            job = backfill.fill(
+                data_dir,
+                symbol,
+                request.start - lookback,
+                request.end + request.target.horizon_ms,
+                types,
+                options=options,
+                max_days=max_days,
+            )
+        except backfill.BackfillError as exc:
+            raise DatasetError(f"automatic backfill for {symbol}: {exc}") from None
+        say(f"backfill {symbol}: {job.summary()}")
+        if job.status != "done":
+            warnings.append(f"backfill {symbol}: {job.error}")
+    return warnings
+
+
+def _with_symbol(table: pa.Table, symbol: str) -> pa.Table:
+    return table.add_column(0, "symbol", pa.array([symbol] * len(table), pa.string()))
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _candle_problem(data_dir: Path, symbol: str, need_from: int, need_to: int) -> str | None:
+    periods = raw.candle_periods(data_dir, symbol)
+    if periods and periods[0].start_ms <= need_from and periods[-1].end_ms >= need_to:
+        return None
+    have = "; ".join(str(p) for p in periods) if periods else "none"
+    return (
+        f"{symbol}: 1m candles closing {iso(need_from)} → {iso(need_to)} are needed; "
+        f"available candle periods: {have}"
+    )
+
+
+def _day_problem(
+    data_dir: Path, kind: str, symbol: str, need_from: int, need_to: int
+) -> str | None:
+    periods = raw.day_periods(data_dir, kind, symbol)
+    if any(p.start_ms <= need_from and p.end_ms >= need_to for p in periods):
+        return None
+    have = "; ".join(str(p) for p in periods) if periods else "none"
+    return (
+        f"{symbol}: {kind} for {iso(need_from)} → {iso(need_to)} are needed; available days: {have}"
+    )
+
+
+def check_history(data_dir: Path, request: DatasetRequest, needs: dict[str, int]) -> None:
+    """Raise DatasetError naming what is available when stored history does not cover the
+    build. `needs` maps a raw table to the lookback it needs before the first grid time."""
+    start, end, horizon = request.start, request.end, request.target.horizon_ms
+    problems = []
+    for symbol in request.symbols:
+        for kind, lookback in needs.items():
+            if kind == "klines":
+                found = _candle_problem(
+                    data_dir, symbol, start - lookback + MINUTE_MS, end - request.step_ms + horizon
+                )
+            else:
+                found = _day_problem(data_dir, kind, symbol, start - lookback, end)
+            if found:
+                problems.append(found)
+    if problems:
+        raise DatasetError(
+            "missing history for the build (each input from start − its lookback to end, "
+            f"candles to end + horizon {format_duration(horizon)}):\n  "
+            + "\n  ".join(problems)
+            + "\nChoose a range inside the available periods, or fetch history first "
+            "(just backfill SYMBOL START END)."
+        )
+
+
+def available_range(
+    data_dir: Path, symbols: list[str], lookback_ms: int, horizon_ms: int, step_ms: int
+) -> tuple[int, int]:
+    """The widest [start, end) every symbol's stored candles can serve."""
+    starts, ends = [], []
+    for symbol in symbols:
+        periods = raw.candle_periods(data_dir, symbol)
+        if not periods:
+            raise DatasetError(f"no 1m candles stored for {symbol} in {data_dir}")
+        starts.append(periods[0].start_ms + lookback_ms - MINUTE_MS)
+        ends.append(periods[-1].end_ms - horizon_ms + step_ms)
+    start = -(-max(starts) // step_ms) * step_ms
+    end = min(ends) // step_ms * step_ms
+    if end <= start:
+        raise DatasetError(
+            f"stored candles are too short for a {format_duration(lookback_ms)} "
+            f"lookback plus a {format_duration(horizon_ms)} horizon"
+        )
+    return start, end
+
+
+def _data_hash(data_dir: Path, paths: list[Path]) -> str:
+    """Part files are named by their content hash, so their paths identify the input bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(str(p.relative_to(data_dir)) for p in paths):
+        digest.update(path.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        if not (out_dir / "metadata.json").is_file():
+            shutil.rmtree(tmp)
+            raise DatasetError(
+                f"{out_dir} exists and is not a dataset directory; choose another --out"
+            )
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def _to_output(table: pa.Table) -> pa.Table:
+    stamps = pc.cast(table["ts"], pa.timestamp("ms", tz="UTC"))
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", stamps)
+    return table.select(
+        ["ts", "symbol", *[c for c in table.column_names if c not in ("ts", "symbol")]]
+    )
+
+
+def build(
+    request: DatasetRequest,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    registry_dir: Path = registry.REGISTRY_DIR,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    auto_backfill: Any = None,
+    max_backfill_days: int = 31,
+    dataset_id: str | None = None,
+) -> dict[str, Any]:
+    """Build and write the dataset; returns its metadata (also written to metadata.json).
+
+    With `auto_backfill` (featlib.backfill.BackfillOptions) missing candles (and funding, when
+    the features read it) are fetched from Bybit first, at most `max_backfill_days` days."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    say = log or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    clock = started
+    bar = tqdm(total=6, desc="build-dataset", unit="step", disable=not progress, leave=False)
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 4)
+        clock = now
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    fs = registry.load(request.registry_version, registry_dir)
+    names = fs.names
+    p = compute.plan(names)
+    lookback = max(max(f.lookback_ms for f in fs.features), p.max_lookback_ms)
+    horizon = request.target.horizon_ms
+    split = request.split_config()
+    warnings: list[str] = []
+    needs = required_history(fs, request.target)
+    if auto_backfill is not None:
+        warnings += _backfill(data_dir, request, p, lookback, auto_backfill, max_backfill_days, say)
+    check_history(data_dir, request, needs)
+    lap("plan")
+
+    con = duckdb.connect()
+    read_from, read_to = request.start - lookback, request.end + horizon
+    used: list[Path] = []
+    price_table = "klines" if request.target.price == "close" else "trades"
+    for kind in dict.fromkeys((*p.raw_tables, price_table)):
+        if kind in raw.RAW_SCHEMAS:
+            used += raw.register(con, data_dir, kind, request.symbols, read_from, read_to)
+    grid = compute.grid(request.symbols, request.start, request.end, request.step_ms)
+    if "orderbook" in p.sources:
+        samples, changes, book_files, book_quality = book_tables(
+            data_dir, request.symbols, grid, request.start - BOOK_WARMUP_MS
+        )
+        con.register("book_samples", samples)
+        con.register("book_changes", changes)
+        used += book_files
+        if book_quality["gaps"] or book_quality["desynced_samples"]:
+            warnings.append(
+                f"order book: {book_quality['gaps']} update-id gap(s), "
+                f"{book_quality['desynced_samples']:,} grid rows with a "
+                "desynchronised book (book features null there)"
+            )
+    for source in p.sources:
+        if source not in ("kline", "clock") and not any(
+            con.execute(f'SELECT 1 FROM "{k}" LIMIT 1').fetchall()
+            for k in compute.SOURCES[source].raw
+        ):
+            affected = [n for n in names if compute.FEATURES[n].source == source]
+            warnings.append(
+                f"no {source} data stored for {iso(read_from)} → {iso(read_to)}: "
+                f"{', '.join(affected)} will be null"
+            )
+    lap("load")
+
+    features = compute.compute(p, con, grid)
+    lap("features")
+    targets = compute_targets(request.target, con, grid)
+    con.close()
+    if features["ts"] != targets["ts"] or features["symbol"] != targets["symbol"]:
+        raise RuntimeError("features and targets are not aligned on the grid")
+    table = features
+    for column in request.target.columns:
+        table = table.append_column(column, targets[column])
+    has_target = pc.is_valid(table["target_return"])
+    missing_targets = len(table) - pc.sum(has_target).as_py() if len(table) else 0
+    table = table.filter(has_target)
+    assignment = assign_folds(table["ts"].to_numpy(), split, horizon, request.start, request.end)
+    warnings += assignment.warnings
+    try:
+        quality, quality_warnings = quality_report(table, request.step_ms, request.quality)
+    except QualityError as exc:
+        raise DatasetError(str(exc)) from None
+    warnings += quality_warnings
+    lap("targets")
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    walk = isinstance(split, WalkForward)
+    files = {}
+    for part in assignment.parts:
+        rows = _to_output(table.take(pa.array(part.rows, pa.int64())))
+        rows = rows.append_column("fold", pa.array(np.full(len(rows), part.fold), pa.int32()))
+        rows = rows.sort_by([("ts", "ascending"), ("symbol", "ascending")])
+        name = f"fold={part.fold}/{part.split}.parquet" if walk else f"{part.split}.parquet"
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, tmp / name, compression="zstd")
+        files[(part.fold, part.split)] = name
+    folds = fold_table(assignment)
+    counts = (
+        {
+            name: {**{k: v for k, v in info.items()}, "file": files[(0, name)]}
+            for name, info in folds[0].items()
+            if name != "fold"
+        }
+        if folds
+        else {}
+    )
+    lap("write")
+
+    total = time.perf_counter() - started
+    metadata = {
+        "id": dataset_id or f"ds-{uuid.uuid4().hex[:12]}",
+        "format_version": FORMAT_VERSION,
+        "status": "ready",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "request": json.loads(request.model_dump_json()),
+        "registry_version": fs.version,
+        "features": [
+            {"name": f.name, "lookback": f.lookback_window, "input_sources": f.input_sources}
+            for f in fs.features
+        ],
+        "target": {**request.target.model_dump(), "columns": request.target.columns},
+        "resolution": request.resolution,
+        "symbols": request.symbols,
+        "range": {"start": iso(request.start), "end": iso(request.end)},
+        "split": split_metadata(assignment),
+        "splits": counts,
+        "folds": folds,
+        "rows": {
+            "grid": len(grid),
+            "missing_targets": int(missing_targets),
+            "purged": sum(len(p.purged) for p in assignment.parts),
+            "embargoed": sum(len(p.embargoed) for p in assignment.parts),
+            "written": sum(len(p.rows) for p in assignment.parts),
+        },
+        "quality": quality,
+        "input": {
+            "data_dir": str(data_dir),
+            "files": len(used),
+            "data_hash": _data_hash(data_dir, used),
+            "read_from": iso(read_from),
+            "read_to": iso(read_to),
+            "synthetic": synthetic.is_synthetic(data_dir),
+        },
+        "timings_s": {**timings, "total": round(total, 4)},
+        "peak_rss_mb": _peak_rss_mb(),
+        "warnings": warnings,
+    }
+    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    _replace_dir(tmp, out_dir)
+    bar.close()
+    for message in warnings:
+        say(f"warning: {message}")
+    return metadata

@@ -1,0 +1,141 @@
+"""How a feature is declared: once, as a function, with its input source and lookback.
+
+Two kinds, both "table in, same table plus one column named after the feature out":
+
+- `@feature`: an Ibis function over the source's event table (one row per candle, funding
+  event, ...). Windows come from `trailing()`, a RANGE frame over event time that ends at the
+  current row: nothing after the row can enter it.
+- `@indicator`: a pandas function over one symbol's candles (pandas-ta lives here) returning
+  its column: an array aligned with the candle rows (the engine adds it to the table, so 80
+  indicators do not copy a frame 80 times). Recursive indicators have infinite memory;
+  `min_candles` of the `lookback` window must be present or the value is null, which is what
+  makes them bounded (see each docstring for the error bound).
+
+`lookback` is the feature's promise: its value at grid time t depends only on input events
+with timestamps in (t - lookback, t]. Tests check every promise on real data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+
+from featlib.timeutil import parse_duration
+
+SOURCES = ("kline", "trades", "orderbook", "ticker", "funding")
+"""Input sources a registry entry may name. Features of the internal source "clock" (time of
+day) read no market data and list none."""
+INTERNAL_SOURCES = (*SOURCES, "clock")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    source: str
+    lookback_ms: int
+    fn: Callable[..., Any]
+    kind: Literal["ibis", "indicator"]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    depends: tuple[str, ...] = ()
+    min_candles: int | None = None
+
+    @property
+    def doc(self) -> str:
+        """The docstring's first paragraph on one line."""
+        first = (self.fn.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(first.split())
+
+
+FEATURES: dict[str, Feature] = {}
+
+
+def _register(feature: Feature) -> None:
+    if feature.name in FEATURES:
+        raise ValueError(f"feature {feature.name!r} is declared twice")
+    if feature.source not in INTERNAL_SOURCES:
+        raise ValueError(f"feature {feature.name!r}: unknown source {feature.source!r}")
+    if not feature.fn.__doc__:
+        raise ValueError(f"feature {feature.name!r} needs a one-line docstring")
+    FEATURES[feature.name] = feature
+
+
+def feature(
+    *,
+    source: str,
+    lookback: str,
+    params: Mapping[str, Any] | None = None,
+    depends: tuple[str, ...] = (),
+) -> Callable:
+    """Declare an Ibis feature: `fn(table) -> table.mutate(<fn name>=...)`."""
+
+    def wrap(fn: Callable[[ir.Table], ir.Table]) -> Callable[[ir.Table], ir.Table]:
+        _register(
+            Feature(
+                fn.__name__,
+                source,
+                parse_duration(lookback),
+                fn,
+                "ibis",
+                dict(params or {}),
+                depends,
+            )
+        )
+        return fn
+
+    return wrap
+
+
+def indicator(
+    *, lookback: str, min_candles: int, params: Mapping[str, Any] | None = None
+) -> Callable:
+    """Declare a pandas(-ta) candle indicator: `fn(candles_of_one_symbol) -> its column`."""
+
+    def wrap(fn: Callable[[pd.DataFrame], Any]) -> Callable[[pd.DataFrame], Any]:
+        _register(
+            Feature(
+                fn.__name__,
+                "kline",
+                parse_duration(lookback),
+                fn,
+                "indicator",
+                dict(params or {}),
+                (),
+                min_candles,
+            )
+        )
+        return fn
+
+    return wrap
+
+
+def trailing(t: ir.Table, span: str) -> Any:
+    """Rows of the same symbol with event time in [ts - span, ts]: a frame ending at this row."""
+    return ibis.window(group_by=t.symbol, order_by=t.ts, range=(-parse_duration(span), 0))
+
+
+def candles(t: ir.Table, n: int) -> Any:
+    """The last `n` one-minute candles up to and including this one (by close time)."""
+    return ibis.window(group_by=t.symbol, order_by=t.ts, range=(-(n - 1) * 60_000, 0))
+
+
+def within(t: ir.Table, span_ms: int, until_ms: int = 0) -> Any:
+    """Rows of the same symbol with event time in (ts − until − span, ts − until]."""
+    return ibis.window(
+        group_by=t.symbol, order_by=t.ts, range=(-(until_ms + span_ms - 1), -until_ms)
+    )
+
+
+def latest(t: ir.Table, column: str, span_ms: int, until_ms: int = 0) -> ir.Value:
+    """The latest non-null `column` with event time in (ts − until − span, ts − until]."""
+    key = ibis.ifelse(t[column].notnull(), t.ts, ibis.null())
+    return t[column].argmax(key).over(within(t, span_ms, until_ms))
+
+
+def when_complete(count: ir.IntegerValue, needed: int, value: ir.Value) -> ir.Value:
+    """`value` if `count` rows were present, else null: missing input is never papered over."""
+    return ibis.ifelse(count == needed, value, ibis.null())

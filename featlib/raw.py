@@ -1,0 +1,332 @@
+"""The raw store: every received row in Hive-partitioned Parquet.
+
+Layout: `{root}/{kind}/date=YYYY-MM-DD/symbol=SYM/part-{content hash}.parquet` (date = UTC
+date of `ts`), readable as-is by DuckDB, Polars or Spark. Writes are atomic (temp file +
+rename) and idempotent: rows whose key (schema.RAW_KEYS) is already stored are skipped, so
+re-ingesting a capture or overlapping recording with backfill never duplicates a row. A
+per-partition lock keeps two writers (service, pipeline) from racing. A part file that cannot
+be read is moved to `{root}/_quarantine/` (kept, never deleted) and reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from featlib.schema import RAW_KEYS, RAW_SCHEMAS, check_symbol, file_schema
+from featlib.timeutil import DAY_MS, days_between, iso
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "_quarantine"
+
+
+class RawStoreError(RuntimeError):
+    """The store cannot serve a request (unreadable files, unknown table)."""
+
+
+@dataclass
+class WriteStats:
+    rows_in: int = 0
+    rows_written: int = 0
+    files: list[Path] = field(default_factory=list)
+    quarantined: list[Path] = field(default_factory=list)
+
+    def __iadd__(self, other: WriteStats) -> WriteStats:
+        self.rows_in += other.rows_in
+        self.rows_written += other.rows_written
+        self.files += other.files
+        self.quarantined += other.quarantined
+        return self
+
+    @property
+    def duplicates(self) -> int:
+        return self.rows_in - self.rows_written
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in RAW_SCHEMAS:
+        raise RawStoreError(f"unknown raw table {kind!r}; known: {', '.join(RAW_SCHEMAS)}")
+
+
+def _symbol(symbol: str) -> str:
+    try:
+        return check_symbol(symbol)
+    except ValueError as exc:
+        raise RawStoreError(str(exc)) from None
+
+
+def partition_dir(root: Path, kind: str, day: dt.date, symbol: str) -> Path:
+    _symbol(symbol)
+    return Path(root) / kind / f"date={day.isoformat()}" / f"symbol={symbol}"
+
+
+def part_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def quarantine(root: Path, path: Path, reason: str) -> Path:
+    """Move an unreadable part file aside (recoverable) and say so."""
+    target = Path(root) / QUARANTINE / path.relative_to(root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, target)
+    log.error("quarantined unreadable parquet %s -> %s: %s", path, target, reason)
+    return target
+
+
+def unreadable(paths: Iterable[Path]) -> dict[Path, str]:
+    """Files whose Parquet footer cannot be read, with the reason."""
+    bad = {}
+    for path in paths:
+        try:
+            pq.read_metadata(path)
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            bad[path] = f"{type(exc).__name__}: {exc}"
+    return bad
+
+
+def _write_atomic(directory: Path, table: pa.Table) -> Path | None:
+    tmp = directory / f".tmp-{uuid.uuid4().hex}"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()[:24]
+            os.fsync(handle.fileno())
+        final = directory / f"part-{digest}.parquet"
+        if final.exists():  # identical content already stored
+            return None
+        os.replace(tmp, final)
+        return final
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _new_rows(
+    con: duckdb.DuckDBPyConnection, kind: str, batch: pa.Table, existing: list[Path]
+) -> pa.Table:
+    """Rows of `batch` whose key is neither earlier in the batch nor already stored."""
+    keys = RAW_KEYS[kind]
+    con.register("batch", batch.append_column("_i", pa.array(range(len(batch)), pa.int64())))
+    same = " AND ".join(f'e."{k}" IS NOT DISTINCT FROM b."{k}"' for k in keys)
+    partition = ", ".join(f'"{k}"' for k in keys)
+    sql = f"""
+        SELECT * FROM batch b
+        QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _i) = 1
+    """
+    if existing:
+        files = ", ".join(f"'{p}'" for p in existing)
+        sql = f"""
+            WITH stored AS (SELECT {partition} FROM read_parquet([{files}]))
+            SELECT * FROM ({sql}) b
+            WHERE NOT EXISTS (SELECT 1 FROM stored e WHERE {same})
+        """
+    fresh = con.sql(sql + " ORDER BY _i").to_arrow_table()
+    con.unregister("batch")
+    return fresh.drop_columns(["_i"])
+
+
+def write(root: Path, kind: str, table: pa.Table) -> WriteStats:
+    """Store rows of raw table `kind` (schema.RAW_SCHEMAS[kind]), skipping stored keys."""
+    _check_kind(kind)
+    root = Path(root)
+    stats = WriteStats(rows_in=len(table))
+    if not len(table):
+        return stats
+    table = table.select(RAW_SCHEMAS[kind].names).cast(RAW_SCHEMAS[kind])
+    days = pc.floor(pc.divide(pc.cast(pc.cast(table["ts"], pa.int64()), pa.float64()), DAY_MS))
+    days = pc.cast(days, pa.int64())
+    con = duckdb.connect()
+    try:
+        groups = pa.table({"d": days, "s": table["symbol"]}).group_by(["d", "s"]).aggregate([])
+        for day_index, symbol in zip(groups["d"].to_pylist(), groups["s"].to_pylist(), strict=True):
+            mask = pc.and_(pc.equal(days, day_index), pc.equal(table["symbol"], symbol))
+            batch = table.filter(mask).drop_columns(["symbol"]).cast(file_schema(kind))
+            day = dt.date(1970, 1, 1) + dt.timedelta(days=day_index)
+            directory = partition_dir(root, kind, day, symbol)
+            with _locked(directory):
+                existing = part_files(directory)
+                for path, reason in unreadable(existing).items():
+                    stats.quarantined.append(quarantine(root, path, reason))
+                    existing.remove(path)
+                fresh = _new_rows(con, kind, batch, existing).cast(file_schema(kind))
+                if len(fresh):
+                    path = _write_atomic(directory, fresh)
+                    if path is not None:
+                        stats.files.append(path)
+                        stats.rows_written += len(fresh)
+    finally:
+        con.close()
+    return stats
+
+
+def files(
+    root: Path,
+    kind: str,
+    symbols: Sequence[str] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> list[Path]:
+    """Part files of `kind` for the symbols and the UTC days touched by [start_ms, end_ms)."""
+    _check_kind(kind)
+    base = Path(root) / kind
+    if not base.is_dir():
+        return []
+    if start_ms is not None and end_ms is not None:
+        day_dirs = [base / f"date={d.isoformat()}" for d in days_between(start_ms, end_ms)]
+    else:
+        day_dirs = sorted(base.glob("date=*"))
+    found = []
+    for day_dir in day_dirs:
+        if symbols is None:
+            sym_dirs = sorted(day_dir.glob("symbol=*"))
+        else:
+            sym_dirs = [day_dir / f"symbol={_symbol(s)}" for s in symbols]
+        for sym_dir in sym_dirs:
+            found += part_files(sym_dir)
+    return found
+
+
+def register(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    kind: str,
+    symbols: Sequence[str] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    name: str | None = None,
+) -> list[Path]:
+    """Expose stored rows of `kind` as DuckDB view `name` (default: kind), symbol included.
+
+    Unreadable part files raise RawStoreError naming each file: a dataset is never built
+    silently from part of the data.
+    """
+    paths = files(root, kind, symbols, start_ms, end_ms)
+    name = name or kind
+    if not paths:
+        con.register(name, RAW_SCHEMAS[kind].empty_table())
+        return paths
+    bad = unreadable(paths)
+    if bad:
+        listing = "; ".join(f"{p}: {why}" for p, why in bad.items())
+        raise RawStoreError(
+            f"{len(bad)} unreadable parquet file(s) in the raw store: {listing}. Move them "
+            f"aside (featlib.raw.quarantine) or re-ingest the data they held."
+        )
+    listing = ", ".join(f"'{p}'" for p in paths)
+    columns = ", ".join(f'"{c}"' for c in RAW_SCHEMAS[kind].names)
+    con.execute(
+        f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {columns} FROM read_parquet([{listing}], '
+        "hive_partitioning = true, union_by_name = true, "
+        "hive_types = {'date': DATE, 'symbol': VARCHAR})"
+    )
+    return paths
+
+
+def read(
+    root: Path,
+    kind: str,
+    symbols: Sequence[str] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> pa.Table:
+    """Stored rows of `kind` in [start_ms, end_ms), ordered by symbol and ts, as Arrow."""
+    con = duckdb.connect()
+    try:
+        register(con, root, kind, symbols, start_ms, end_ms)
+        where = []
+        if start_ms is not None:
+            where.append(f"ts >= make_timestamptz({start_ms} * 1000)")
+        if end_ms is not None:
+            where.append(f"ts < make_timestamptz({end_ms} * 1000)")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        table = con.sql(f'SELECT * FROM "{kind}" {clause} ORDER BY symbol, ts').to_arrow_table()
+        return table.cast(RAW_SCHEMAS[kind])
+    finally:
+        con.close()
+
+
+def symbols(root: Path, kind: str) -> list[str]:
+    base = Path(root) / kind
+    return sorted({p.name.removeprefix("symbol=") for p in base.glob("date=*/symbol=*")})
+
+
+@dataclass(frozen=True)
+class Period:
+    start_ms: int
+    end_ms: int
+    rows: int
+
+    def __str__(self) -> str:
+        return f"{iso(self.start_ms)} → {iso(self.end_ms)} ({self.rows:,} rows)"
+
+
+def candle_periods(
+    root: Path, symbol: str, interval: str = "1", max_gap_ms: int = 60_000
+) -> list[Period]:
+    """Contiguous runs of confirmed candles for `symbol`, as (first close, last close, count)."""
+    con = duckdb.connect()
+    try:
+        register(con, root, "klines", [symbol])
+        rows = con.execute(
+            f"""
+            WITH c AS (
+                SELECT DISTINCT epoch_ms(ts) AS t FROM klines
+                WHERE confirm AND interval = ? AND symbol = ?
+            ), g AS (
+                SELECT t, CASE WHEN t - lag(t) OVER (ORDER BY t) > {max_gap_ms}
+                               THEN 1 ELSE 0 END AS brk FROM c
+            ), island AS (SELECT t, sum(brk) OVER (ORDER BY t) AS k FROM g)
+            SELECT min(t), max(t), count(*) FROM island GROUP BY k ORDER BY 1
+            """,
+            [interval, symbol],
+        ).fetchall()
+    finally:
+        con.close()
+    return [Period(int(a), int(b), int(n)) for a, b, n in rows]
+
+
+def day_periods(root: Path, kind: str, symbol: str) -> list[Period]:
+    """Contiguous runs of stored UTC days of `kind` for `symbol` (rows counted from footers)."""
+    _symbol(symbol)
+    days: dict[dt.date, int] = {}
+    for day_dir in sorted((Path(root) / kind).glob("date=*")):
+        sym_dir = day_dir / f"symbol={symbol}"
+        parts = part_files(sym_dir)
+        if parts:
+            day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
+            bad = unreadable(parts)
+            days[day] = sum(pq.read_metadata(p).num_rows for p in parts if p not in bad)
+    periods: list[Period] = []
+    for day in sorted(days):
+        start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+        if periods and periods[-1].end_ms == start:
+            last = periods[-1]
+            periods[-1] = Period(last.start_ms, start + DAY_MS, last.rows + days[day])
+        else:
+            periods.append(Period(start, start + DAY_MS, days[day]))
+    return periods

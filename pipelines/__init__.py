@@ -1,0 +1,1 @@
+"""Command-line pipelines (run by `just`): thin front doors over featlib."""
