@@ -1,0 +1,126 @@
+"""The service: FastAPI (HTTP) and a FastStream RabbitBroker (ws-gateway queues in,
+`features.live` out) in one process.
+
+    uvicorn --factory service.app:create_app      (just serve)
+
+The broker starts and stops with the app's lifespan; handlers only hand messages to
+service.pipeline, which runs featlib. Configuration: service.settings (FEATLIB_* variables).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from faststream import AckPolicy
+from faststream.rabbit import RabbitBroker, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit.schemas import Channel
+from faststream.specification.asyncapi import AsyncAPI
+
+from featlib import compute, registry
+from featlib.catalog import open_catalog
+from service.api import open_routes, routes
+from service.gateway import Gateway
+from service.pipeline import LivePipeline
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def active_version(settings: Settings) -> str:
+    """The configured version, else the catalog's active one, else the registry default."""
+    if settings.registry_version:
+        return settings.registry_version
+    try:
+        with open_catalog(settings.catalog) as catalog:
+            active = catalog.active_version()
+    except Exception as exc:  # no catalog yet is fine; say so
+        log.warning(
+            "catalog %s not readable (%s); using the default registry version",
+            settings.catalog,
+            exc,
+        )
+        active = None
+    return active or registry.DEFAULT_VERSION
+
+
+def _handler(pipeline: LivePipeline, queue: str):
+    async def handle(message: RabbitMessage) -> None:
+        await pipeline.handle(message.body, message, queue)
+
+    handle.__name__ = f"consume_{queue.replace('.', '_').replace('-', '_')}"
+    handle.__doc__ = (
+        f"Bybit v5 public messages (raw or in ws-gateway's envelope) from "
+        f"{queue}; acknowledged once recorded in the raw store."
+    )
+    return handle
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    version = active_version(settings)
+    feature_set = registry.load(version, settings.registry_dir)
+    plan = compute.plan(feature_set.names)
+    broker = RabbitBroker(
+        settings.rabbit_url,
+        default_channel=Channel(prefetch_count=settings.prefetch),
+        graceful_timeout=5.0,
+        logger=log,
+    )
+    gateway = Gateway(settings)
+    pipeline = LivePipeline(settings, broker, plan, feature_set.version, gateway)
+    queues = (
+        settings.queue_orderbook,
+        settings.queue_trades,
+        settings.queue_kline,
+        settings.queue_ticker,
+        settings.queue_funding,
+    )
+    for name in queues:
+        broker.subscriber(RabbitQueue(name, durable=True), ack_policy=AckPolicy.MANUAL, title=name)(
+            _handler(pipeline, name)
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await broker.start()
+        app.state.broker_started = True
+        pipeline.start()
+        pipeline._spawn(gateway.subscribe())  # retries in the background; never cancelled
+        log.info(
+            "featlib service: registry %s (%d features), queues %s",
+            feature_set.version,
+            len(plan.names),
+            ", ".join(queues),
+        )
+        try:
+            yield
+        finally:
+            app.state.broker_started = False
+            await pipeline.stop()
+            await broker.close()
+            await gateway.close()
+
+    app = FastAPI(
+        title="featlib",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Live features over RabbitMQ, datasets, registry and backfill. "
+        "Every route but /health needs the X-API-Key header.",
+    )
+    app.state.settings = settings
+    app.state.broker = broker
+    app.state.broker_started = False
+    app.state.pipeline = pipeline
+    app.state.gateway = gateway
+    app.state.started_at = time.time()
+    app.state.asyncapi = AsyncAPI(
+        broker, title="featlib", version="0.1.0", description="Queues featlib reads and writes"
+    ).to_specification()
+    app.include_router(open_routes)
+    app.include_router(routes)
+    return app

@@ -1,0 +1,247 @@
+"""Messages in, vectors out: the service's consuming side, a thin layer over featlib.
+
+Each ws-gateway message is parsed (featlib.bybit). A malformed one goes to the dead-letter
+queue with the reason in its headers, is counted and acknowledged; it never stops the consumer.
+A good one is applied to the live engine (featlib.live) at once and recorded in the raw store
+in batches (featlib.raw, atomic files); it is acknowledged only after the batch holding it is
+on disk, so nothing a crash could lose has been acknowledged. A redelivered message is applied
+once (the engine dedupes by raw-store key; so does the store). Complete ticks are computed in
+batches and published to `features.live` with an explicit publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict, deque
+from typing import Any
+
+import pyarrow as pa
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.message import RabbitMessage
+
+from featlib import raw
+from featlib.bybit import BybitParseError, Parsed, parse_message
+from featlib.compute import Plan
+from featlib.live import FeatureVector, LiveEngine
+from featlib.schema import RAW_SCHEMAS
+from featlib.timeutil import parse_duration
+from service import metrics
+from service.gateway import Gateway
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LivePipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: RabbitBroker,
+        plan: Plan,
+        registry_version: str,
+        gateway: Gateway | None = None,
+    ):
+        self.settings = settings
+        self.plan = plan
+        self.registry_version = registry_version
+        self.engine = LiveEngine(
+            plan,
+            registry_version=registry_version,
+            cadences_ms=[parse_duration(c) for c in settings.cadences],
+            quiet_ms=settings.quiet_ms,
+        )
+        self.gateway = gateway
+        self.features = broker.publisher(
+            settings.queue_features,
+            schema=FeatureVector,
+            title="features.live",
+            description="One feature vector per symbol and cadence tick (1s/3s/15s/1m): the "
+            "registry version's features at that time, null where unavailable.",
+        )
+        self.dead = broker.publisher(
+            settings.queue_dead_letter,
+            title="dead letters",
+            description="Messages that could not be parsed, unchanged; headers x-reason, "
+            "x-field, x-queue say why and where from.",
+        )
+        self.pending: list[tuple[Parsed, RabbitMessage]] = []
+        self.latest: dict[str, FeatureVector] = {}
+        self.counters: Counter[str] = Counter()
+        self.per_queue: dict[str, Counter[str]] = defaultdict(Counter)
+        self.latencies: deque[float] = deque(maxlen=10_000)
+        self.last_vector_wall: float | None = None
+        self.last_message_wall: float | None = None
+        self.flush_errors: deque[str] = deque(maxlen=20)
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._gaps: dict[str, int] = {}
+        self.gap_detected_at: dict[str, float] = {}
+
+    # --- consuming ---------------------------------------------------------------------------
+
+    async def handle(self, body: bytes, message: RabbitMessage, queue: str) -> None:
+        """One ws-gateway message: dead-letter it, or apply it and queue it for recording."""
+        received = time.time() * 1000
+        self.last_message_wall = received
+        self.per_queue[queue]["received"] += 1
+        try:
+            parsed = parse_message(body, received_at=int(received))
+        except BybitParseError as exc:
+            await self._dead_letter(body, message, queue, exc)
+            return
+        if parsed is None:  # subscription acks and pongs are not market data
+            self.counters["control"] += 1
+            await message.ack()
+            return
+        self.engine.on_message(parsed, received)
+        self._watch_book(parsed.symbol)
+        self.pending.append((parsed, message))
+        self.counters["applied"] += 1
+        metrics.MESSAGES.labels("applied").inc()
+        if self.engine.ready:
+            self._wake.set()
+        if len(self.pending) >= self.settings.flush_rows:
+            await self.flush()
+
+    async def _dead_letter(
+        self, body: bytes, message: RabbitMessage, queue: str, exc: BybitParseError
+    ) -> None:
+        self.counters["rejected"] += 1
+        self.per_queue[queue]["rejected"] += 1
+        metrics.MESSAGES.labels("rejected").inc()
+        log.warning("dead-lettered a message from %s: %s", queue, exc)
+        await self.dead.publish(
+            body, headers={"x-reason": str(exc), "x-field": exc.field, "x-queue": queue}
+        )
+        await message.ack()
+
+    def _watch_book(self, symbol: str) -> None:
+        """A new update-id gap: ask ws-gateway for a fresh snapshot (within the second)."""
+        state = self.engine.symbols.get(symbol)
+        book = state.book if state else None
+        if book is None:
+            return
+        if book.gaps > self._gaps.get(symbol, 0):
+            self._gaps[symbol] = book.gaps
+            self.gap_detected_at[symbol] = time.time()
+            self.counters["book_gaps"] += 1
+            metrics.BOOK_GAPS.labels(symbol).inc()
+            log.warning(
+                "order book %s: update-id gap (%d so far); book features are null "
+                "until the next snapshot",
+                symbol,
+                book.gaps,
+            )
+            if self.gateway is not None:
+                self._spawn(self.gateway.resync(symbol))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    # --- recording --------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write the pending messages' rows to the raw store, then acknowledge them."""
+        async with self._lock:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return
+            rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for parsed, _ in batch:
+                rows[parsed.kind].extend(parsed.rows)
+            try:
+                written = await asyncio.to_thread(self._write, rows)
+            except Exception as exc:  # the disk said no: keep the messages, try again later
+                self.flush_errors.append(f"{type(exc).__name__}: {exc}")
+                log.error(
+                    "raw store write failed (%s); %d messages stay unacknowledged", exc, len(batch)
+                )
+                self.pending = batch + self.pending
+                self.counters["flush_errors"] += 1
+                return
+            for _, message in batch:
+                try:
+                    await message.ack()
+                    self.counters["acked"] += 1
+                except Exception as exc:  # channel gone: it will be redelivered, and deduped
+                    self.counters["ack_errors"] += 1
+                    log.warning("ack failed (%s); the broker will redeliver", exc)
+            self.counters["recorded_rows"] += written
+
+    def _write(self, rows: dict[str, list[dict[str, Any]]]) -> int:
+        written = 0
+        for kind, items in rows.items():
+            table = pa.Table.from_pylist(items, schema=RAW_SCHEMAS[kind])
+            written += raw.write(self.settings.data_dir, kind, table).rows_written
+        return written
+
+    async def flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_ms / 1000)
+            await self.flush()
+
+    # --- computing and publishing ---------------------------------------------------------
+
+    async def compute_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.publish(self.engine.take_vectors())
+
+    async def publish(self, vectors: list[FeatureVector]) -> None:
+        for vector in vectors:
+            now = time.time() * 1000
+            if vector.received_at is not None:
+                vector.latency_ms = round(now - vector.received_at, 3)
+                self.latencies.append(vector.latency_ms)
+                metrics.VECTOR_LATENCY.observe(vector.latency_ms)
+                if vector.latency_ms > self.settings.latency_warn_ms:
+                    self.counters["slow_vectors"] += 1
+                    log.warning(
+                        "vector %s %s took %.1f ms (budget %.0f ms)",
+                        vector.symbol,
+                        vector.ts,
+                        vector.latency_ms,
+                        self.settings.latency_warn_ms,
+                    )
+            await self.features.publish(
+                vector.model_dump(mode="json"), correlation_id=vector.trace_id
+            )
+            self.counters["published"] += 1
+            metrics.VECTORS.labels(vector.interval).inc()
+            if vector.interval == self.settings.cadences[0]:
+                self.latest[vector.symbol] = vector
+            self.last_vector_wall = now
+
+    async def drain(self) -> None:
+        """End of input (tests, shutdown): compute what is open, record what is pending."""
+        await self.publish(self.engine.flush())
+        await self.flush()
+
+    def start(self) -> None:
+        self._spawn(self.flush_loop())
+        self._spawn(self.compute_loop())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def latency_summary(self) -> dict[str, float | None]:
+        values = sorted(self.latencies)
+        if not values:
+            return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {
+            "count": len(values),
+            "p50_ms": values[len(values) // 2],
+            "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))],
+            "max_ms": values[-1],
+        }

@@ -1,0 +1,49 @@
+"""The service's configuration: one pydantic-settings model, environment prefix FEATLIB_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from featlib.registry import REGISTRY_DIR
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEATLIB_", env_file=".env", extra="ignore")
+
+    rabbit_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    queue_orderbook: str = "ws-gateway.orderbook"
+    queue_trades: str = "ws-gateway.trades"
+    queue_kline: str = "ws-gateway.kline"
+    queue_ticker: str = "ws-gateway.ticker"
+    queue_funding: str = "ws-gateway.funding"
+    queue_features: str = "features.live"
+    queue_dead_letter: str = "features.dead-letter"
+    queue_dataset_ready: str = "features.dataset.ready"
+    prefetch: int = Field(default=5_000, ge=1, description="unacked messages per consumer")
+
+    data_dir: Path = Path("data/raw")
+    datasets_dir: Path = Path("data/datasets")
+    catalog: str = "data/catalog.db"
+    registry_dir: Path = REGISTRY_DIR
+    registry_version: str | None = None
+    """None: the catalog's active version, else featlib.registry.DEFAULT_VERSION."""
+
+    api_key: str = Field(default="dev-key", min_length=1)
+    cadences: list[str] = ["1s", "3s", "15s", "1m"]
+    quiet_ms: int = 10_000
+    flush_ms: int = Field(default=250, ge=1, description="raw-store write (and ack) interval")
+    flush_rows: int = Field(default=20_000, ge=1)
+    latency_warn_ms: float = 70.0
+    warmup: bool = True
+    """Fill the live buffers from the raw store at start-up."""
+
+    ws_gateway_url: str | None = "http://127.0.0.1:8081"
+    ws_gateway_subscribe_path: str = "/api/v1/subscriptions"
+    ws_gateway_resync_path: str = "/api/v1/orderbook/resync"
+    symbols: list[str] = ["BTCUSDT"]
+    channels: list[str] = ["orderbook.200", "publicTrade", "kline.1", "tickers"]
+    subscribe_attempts: int = 8
+    subscribe_backoff_s: float = 0.5

@@ -1,0 +1,126 @@
+"""The service's handlers and HTTP API with FastStream's in-memory TestRabbitBroker (the real
+broker is exercised in tests/integration/test_live_service.py)."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+from faststream.rabbit import TestRabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+
+from featlib import checks, raw
+from featlib.capture import read_lines
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import KLINES_31D, shared
+
+KEY = {"X-API-Key": "secret"}
+
+
+@pytest.fixture
+def app(tmp_path):
+    settings = Settings(
+        ws_gateway_url=None,
+        data_dir=tmp_path / "raw",
+        api_key="secret",
+        catalog=str(tmp_path / "catalog.db"),
+        registry_version="1.2.0",
+        cadences=["1m"],
+        flush_rows=100,
+    )
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def candles() -> list[bytes]:
+    return list(read_lines(shared(KLINES_31D)))[:800]
+
+
+async def _run(app, lines, queue="ws-gateway.kline"):
+    broker, pipeline, settings = app.state.broker, app.state.pipeline, app.state.settings
+    dead, vectors = [], []
+
+    @broker.subscriber(settings.queue_dead_letter)
+    async def collect_dead(message: RabbitMessage) -> None:
+        dead.append((message.body, dict(message.headers)))
+
+    @broker.subscriber(settings.queue_features)
+    async def collect_vectors(message: RabbitMessage) -> None:
+        vectors.append(orjson.loads(message.body))
+
+    async with TestRabbitBroker(broker) as test:
+        for line in lines:
+            await test.publish(line, queue=queue)
+        await pipeline.drain()
+    return dead, vectors
+
+
+async def test_malformed_messages_are_dead_lettered_with_the_reason(app, candles):
+    bad = [
+        b'{"topic": "kline.1.BTCUSDT", "data": [',
+        b"[1, 2]",
+        candles[5].replace(b'"close":"', b'"close":"x'),
+    ]
+    dead, vectors = await _run(app, [*candles[:300], *bad, *candles[300:]])
+    assert [body for body, _ in dead] == bad
+    reasons = [headers["x-reason"] for _, headers in dead]
+    assert "not JSON" in reasons[0] and "expected a JSON object" in reasons[1]
+    assert dead[2][1]["x-field"] == "data[0].close" and dead[2][1]["x-queue"] == "ws-gateway.kline"
+    counters = app.state.pipeline.counters
+    assert counters["rejected"] == 3 and counters["applied"] == len(candles)
+    assert counters["acked"] == len(candles)  # every good message recorded, then acknowledged
+    assert vectors  # the bad ones stopped nothing
+
+
+async def test_good_messages_are_recorded_and_vectors_equal_batch(app, candles, tmp_path):
+    _, vectors = await _run(app, candles)
+    stored = raw.read(app.state.settings.data_dir, "klines")
+    assert stored.num_rows == len(candles)
+    names = app.state.pipeline.plan.names
+    assert {v["interval"] for v in vectors} == {"1m"}
+    assert all(v["registry_version"] == "1.2.0" and v["trace_id"] for v in vectors)
+    times = [v["ts"] for v in vectors]
+    batch = checks.features_at(names, {"klines": stored}, "BTCUSDT", times)
+    compared = 0
+    for i, vector in enumerate(vectors):
+        for name in names:
+            assert checks.same(vector["features"][name], batch[name][i]), (name, vector["ts"])
+            compared += 1
+    assert compared == len(vectors) * len(names) > 5_000
+    # enough warm-up for rsi_14 by the end: its values are numbers, not nulls
+    assert vectors[-1]["features"]["rsi_14"] is not None
+
+
+async def test_http_contract(app, candles):
+    await _run(app, candles)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        health = await client.get("/health")
+        assert health.status_code == 200 and health.json()["registry"]["version"] == "1.2.0"
+        assert (
+            await client.get("/features/latest", params={"symbol": "BTCUSDT"})
+        ).status_code == 401
+        wrong = await client.get(
+            "/features/latest", params={"symbol": "BTCUSDT"}, headers={"X-API-Key": "nope"}
+        )
+        assert wrong.status_code == 401
+        latest = await client.get("/features/latest", params={"symbol": "BTCUSDT"}, headers=KEY)
+        assert latest.status_code == 200 and set(latest.json()["features"]) == set(
+            app.state.pipeline.plan.names
+        )
+        assert (
+            await client.get("/features/latest", params={"symbol": "ETHUSDT"}, headers=KEY)
+        ).status_code == 404
+        assert (
+            await client.get("/features/latest", params={"symbol": "../x"}, headers=KEY)
+        ).status_code == 422
+        stats = (await client.get("/stats", headers=KEY)).json()
+        assert stats["processing"]["counters"]["applied"] == len(candles)
+        assert (await client.get("/stats/nope", headers=KEY)).status_code == 404
+        metrics = await client.get("/metrics", headers=KEY)
+        assert "featlib_vector_latency_ms_bucket" in metrics.text
+        spec = (await client.get("/asyncapi.json", headers=KEY)).json()
+        assert {"ws-gateway.kline", "features.live"} <= set(spec["channels"])
+        docs = await client.get("/openapi.json")
+        assert "/features/latest" in docs.json()["paths"]
