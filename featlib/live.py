@@ -7,7 +7,8 @@
 Event time decides everything. Vectors are due at every multiple t of the cadences' common
 step (1s for the default 1s/3s/15s/1m). A vector for t is computed once every input stream
 the plan reads for that symbol (book, trades, klines, tickers/funding) has moved past t, or
-has been silent for `quiet_ms` of event time (so a quiet stream cannot stall the others), and
+has been silent for `quiet_ms` of wall time (so a quiet or unsubscribed stream cannot stall the
+others; `release()` re-checks on a timer), and
 then it holds exactly the events with timestamps <= t: the batch builder's definition. The
 book is sampled at t when its stream crosses t (before the first message after t is applied),
 so its state is the state at t. Buffers keep each raw table for the plan's lookback, and the
@@ -110,6 +111,10 @@ class SymbolState:
     book_samples: dict[int, dict[str, Any]] = field(default_factory=dict)
     changes_ts: deque[int] = field(default_factory=deque)
     changes_desynced: deque[bool] = field(default_factory=deque)
+    first_wall: float = 0.0
+    """Wall time (ms) of the symbol's first message."""
+    heard: dict[str, float] = field(default_factory=dict)
+    """Wall time (ms) each stream's latest message arrived."""
     next_tick: int | None = None
     """The first whole second not yet computed."""
     last_received: dict[int, float] = field(default_factory=dict)
@@ -117,9 +122,12 @@ class SymbolState:
     seen: dict[tuple, int] = field(default_factory=dict)
     """Raw-store keys of recent rows -> their ts: a redelivered message is applied once."""
 
+    clock: int = -1
+    """The latest exchange ts of any message of this symbol: its event time."""
+
     @property
     def event_time(self) -> int:
-        return max(self.watermark.values(), default=-1)
+        return self.clock
 
 
 class LiveEngine:
@@ -180,12 +188,16 @@ class LiveEngine:
         ts = max(int(r["ts"]) for r in parsed.rows)
         if st.next_tick is None:
             st.next_tick = -(-ts // self.step) * self.step
+            st.first_wall = now
         # a message after the open ticks closes them for its stream: sample the book first
         if stream == "book":
             self._sample_book(st, ts)
-        if ts > st.watermark.get(stream, -1):
-            st.watermark[stream] = ts
-        ready = self._due(st)
+        st.clock = max(st.clock, ts)
+        mark = _watermark(parsed)
+        if mark > st.watermark.get(stream, -1):
+            st.watermark[stream] = mark
+        st.heard[stream] = now
+        ready = self._due(st, now)
         self.ready += ready
         self._apply(st, parsed, stream)
         tick = max(st.next_tick, _ceil_second(min(int(r["ts"]) for r in parsed.rows)))
@@ -235,7 +247,7 @@ class LiveEngine:
                 continue  # another stream (e.g. orderbook.1 beside orderbook.200)
             if st.book is None or st.book_depth != depth:
                 st.book, st.book_depth = bookmod.OrderBook(), depth
-            before = st.book.best_changes
+            before, was_desynced = st.book.best_changes, st.book.desynced
             st.book.apply(
                 parsed.kind == "orderbook_snapshots",
                 int(row["update_id"]),
@@ -247,7 +259,8 @@ class LiveEngine:
             )
             if st.book.best_changes != before:
                 st.changes_ts.append(int(row["ts"]))
-                st.changes_desynced.append(bool(st.book.desynced))
+                # as featlib.book.replay records it: desynced before or after the message
+                st.changes_desynced.append(bool(was_desynced or st.book.desynced))
 
     def _sample_book(self, st: SymbolState, upto_ts: int) -> None:
         """Record the book at every open whole second before `upto_ts` (state at that time)."""
@@ -264,20 +277,32 @@ class LiveEngine:
 
     # --- scheduling ------------------------------------------------------------------------
 
-    def _complete(self, st: SymbolState, tick: int) -> bool:
-        """Every stream the plan reads has moved past `tick`, or has been quiet."""
-        seen = [s for s in self.streams if s in st.watermark]
-        if not seen:
+    def _complete(self, st: SymbolState, tick: int, now_wall: float) -> bool:
+        """Every stream the plan reads has moved past `tick`, or has been quiet (wall time)."""
+        if tick > st.event_time:  # never ahead of the feed
             return False
-        now = st.event_time
-        return all(st.watermark[s] > tick or now - st.watermark[s] > self.quiet_ms for s in seen)
+        for stream in self.streams:
+            if st.watermark.get(stream, -1) > tick:
+                continue
+            # a stream not heard yet counts as quiet since the symbol's first message
+            if now_wall - st.heard.get(stream, st.first_wall) <= self.quiet_ms:
+                return False
+        return True
 
-    def _due(self, st: SymbolState) -> list[tuple[str, int]]:
+    def _due(self, st: SymbolState, now_wall: float) -> list[tuple[str, int]]:
         ready = []
-        while st.next_tick is not None and self._complete(st, st.next_tick):
+        while st.next_tick is not None and self._complete(st, st.next_tick, now_wall):
             ready.append((st.symbol, st.next_tick))
             st.next_tick += self.step
         return ready
+
+    def release(self, now_wall_ms: float | None = None) -> int:
+        """Queue the ticks that quiet streams no longer hold back (call on a timer)."""
+        now = time.time() * 1000 if now_wall_ms is None else now_wall_ms
+        before = len(self.ready)
+        for st in self.symbols.values():
+            self.ready += self._due(st, now)
+        return len(self.ready) - before
 
     def flush(self) -> list[FeatureVector]:
         """Treat every stream as caught up (end of a replay, a quiet feed): compute what is
@@ -383,6 +408,21 @@ class LiveEngine:
             keep = max((t for t in st.last_received if t <= (st.next_tick or 0)), default=None)
             for tick in [t for t in st.last_received if keep is not None and t < keep]:
                 del st.last_received[tick]
+
+
+def _watermark(parsed: Parsed) -> int:
+    """How far a message moves its stream: every event with ts below it has arrived.
+
+    A candle's ts is its close, but Bybit confirms it late (seen: 1.5 s after the next candle's
+    first update). An update of the candle starting at S says only that candles closing before
+    S are in; the confirmation of the candle closing at T says that every candle closing before
+    the next close, T + interval, is in."""
+    if parsed.kind == "klines":  # confirmed: ts is the close, ts - start the interval
+        return max(
+            2 * int(r["ts"]) - int(r["start"]) if r["confirm"] else int(r["start"])
+            for r in parsed.rows
+        )
+    return max(int(r["ts"]) for r in parsed.rows)
 
 
 def _ceil_second(ts: int) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 from faststream.rabbit import RabbitBroker, RabbitQueue
+from faststream.rabbit.schemas import Channel
 
 from featlib.capture import read_lines
 from pipelines._cli import run, setup_logging
@@ -61,7 +62,8 @@ def merged(files: list[Path]) -> Iterator[tuple[int, bytes, str]]:
 async def replay(
     files: list[Path], url: str, prefix: str, speed: float, limit: int | None = None
 ) -> Counter:
-    broker = RabbitBroker(url)
+    # one channel without publisher confirms: order kept, 10x the rate of waiting for each ack
+    broker = RabbitBroker(url, default_channel=Channel(publisher_confirms=False))
     await broker.connect()
     counts: Counter[str] = Counter()
     queues: dict[str, RabbitQueue] = {}

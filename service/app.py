@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.broker_started = False
             await pipeline.stop()
-            await broker.close()
+            await broker.stop()
             await gateway.close()
 
     app = FastAPI(
