@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tqdm import tqdm
 
 from featlib import compute, raw, registry, synthetic
+from featlib.catalog import Catalog, dataset_fields
 from featlib.inputs import DERIVED_SCHEMAS
 from featlib.quality import QualityConfig, QualityError, quality_report
 from featlib.schema import check_symbol
@@ -45,7 +46,15 @@ from featlib.splits import (
     split_metadata,
 )
 from featlib.targets import TargetSpec, compute_targets
-from featlib.timeutil import DAY_MS, MINUTE_MS, format_duration, iso, parse_duration
+from featlib.timeutil import (
+    DAY_MS,
+    MINUTE_MS,
+    format_duration,
+    iso,
+    parse_duration,
+    parse_end,
+    parse_time,
+)
 
 FORMAT_VERSION = 1
 
@@ -66,6 +75,16 @@ class DatasetRequest(BaseModel):
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     resolution: Literal["1m", "1s"] = "1m"
     quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> int:
+        return parse_time(value)  # epoch ms, or a date / ISO time (UTC)
+
+    @field_validator("end", mode="before")
+    @classmethod
+    def _end(cls, value: Any) -> int:
+        return parse_end(value)  # a date-only end includes that day
 
     @field_validator("symbols")
     @classmethod
@@ -164,6 +183,12 @@ def book_tables(
     return pa.concat_tables(samples), pa.concat_tables(changes), files, quality
 
 
+def backfill_types(p: compute.Plan) -> list[str]:
+    """Raw data a backfill fetches for a feature plan: klines always, funding when a feature
+    reads it (the other sources have no REST history)."""
+    return ["klines"] + (["funding"] if "funding" in p.sources else [])
+
+
 def _backfill(
     data_dir: Path,
     request: DatasetRequest,
@@ -176,7 +201,7 @@ def _backfill(
     """Fetch the candles (and funding) the build needs and the store lacks; return warnings."""
     from featlib import backfill  # pybit lives there; only builds that backfill import it
 
-    types = ["klines"] + (["funding"] if "funding" in p.sources else [])
+    types = backfill_types(p)
     warnings = []
     for symbol in request.symbols:
         try:
@@ -471,4 +496,34 @@ def build(
     bar.close()
     for message in warnings:
         say(f"warning: {message}")
+    return metadata
+
+
+def catalog_record(request: DatasetRequest, out_dir: Path | None = None) -> dict[str, Any]:
+    """The catalog record of a dataset about to be built (Catalog.create_dataset takes it)."""
+    return {
+        "request": json.loads(request.model_dump_json()),
+        "registry_version": request.registry_version,
+        "symbols": request.symbols,
+        "out_dir": None if out_dir is None else str(out_dir),
+    }
+
+
+def build_recorded(
+    catalog: Catalog,
+    dataset_id: str,
+    request: DatasetRequest,
+    data_dir: Path,
+    out_dir: Path,
+    **options: Any,
+) -> dict[str, Any]:
+    """`build` a dataset the catalog holds as building (catalog_record) and record the outcome:
+    ready with its counts, quality and timings, or failed with the error, which is re-raised.
+    `options` go to `build`."""
+    try:
+        metadata = build(request, data_dir, out_dir, dataset_id=dataset_id, **options)
+    except Exception as exc:
+        catalog.update_dataset(dataset_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    catalog.update_dataset(dataset_id, **dataset_fields(metadata), out_dir=str(out_dir))
     return metadata

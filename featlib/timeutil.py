@@ -81,3 +81,10 @@ def days_between(start_ms: int, end_ms: int) -> list[dt.date]:
         return []
     first, last = day_of(start_ms), day_of(end_ms - 1)
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def parse_end(text: str | dt.datetime | dt.date | int) -> int:
+    """An end time: like parse_time, but a date-only end includes that whole day."""
+    if isinstance(text, str) and is_date_only(text):
+        return parse_time(text) + DAY_MS
+    return parse_time(text)

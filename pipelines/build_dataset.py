@@ -17,19 +17,14 @@ import sys
 from pathlib import Path
 
 from featlib import dataset, raw, registry, synthetic
-from featlib.catalog import dataset_fields, open_catalog
+from featlib.catalog import Catalog, open_catalog
 from featlib.schema import check_symbol
 from featlib.splits import Period, RandomSplit, SplitConfig, TimeSplit, WalkForward
 from featlib.targets import TargetSpec
-from featlib.timeutil import DAY_MS, is_date_only, iso, parse_duration, parse_time
+from featlib.timeutil import DAY_MS, iso, parse_duration, parse_end, parse_time
 from pipelines._cli import run, setup_logging
 
 SYNTHETIC_START, SYNTHETIC_DAYS = "2024-01-01", 60
-
-
-def _end(text: str) -> int:
-    """A date-only end includes the whole day."""
-    return parse_time(text) + (DAY_MS if is_date_only(text) else 0)
 
 
 def _period(text: str) -> Period:
@@ -38,7 +33,7 @@ def _period(text: str) -> Period:
         start, _, end = text.partition("/")
     if not start or not end:
         raise ValueError(f"a period is START:END (e.g. 2022-01-03:2022-01-20), got {text!r}")
-    return Period(start=parse_time(start), end=_end(end))
+    return Period(start=parse_time(start), end=parse_end(end))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -195,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.backfill and not (args.start and args.end):
         raise ValueError("--backfill needs --start and --end")
     if args.start and args.end:
-        start, end = parse_time(args.start), _end(args.end)
+        start, end = parse_time(args.start), parse_end(args.end)
     else:
         first, last = dataset.available_range(
             args.data_dir, symbols, lookback, target.horizon_ms, step
         )
         start = parse_time(args.start) if args.start else first
-        end = _end(args.end) if args.end else last
+        end = parse_end(args.end) if args.end else last
     split = _split(args)
     fractions = tuple(float(x) for x in args.split_fractions.split(","))
     request = dataset.DatasetRequest(
@@ -220,20 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{target.type} {target.horizon} of the {target.price} price"
     )
     with open_catalog(args.catalog) as catalog:
-        record = catalog.create_dataset(
-            {
-                "request": json.loads(request.model_dump_json()),
-                "registry_version": fs.version,
-                "symbols": symbols,
-                "out_dir": str(args.out),
-            }
-        )
-        try:
-            meta = _build(args, request, catalog_id=record)
-        except Exception as exc:
-            catalog.update_dataset(record, status="failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        catalog.update_dataset(record, **dataset_fields(meta))
+        record = catalog.create_dataset(dataset.catalog_record(request, args.out))
+        meta = _build(args, request, catalog, record)
     folds = meta["folds"]
     if len(folds) > 1:
         print(f"  {len(folds)} walk-forward folds (fold=k/*.parquet); fold 0:")
@@ -252,13 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build(args: argparse.Namespace, request: dataset.DatasetRequest, catalog_id: str) -> dict:
+def _build(
+    args: argparse.Namespace, request: dataset.DatasetRequest, catalog: Catalog, catalog_id: str
+) -> dict:
     options = None
     if args.backfill:
         from featlib.backfill import BackfillOptions
 
         options = BackfillOptions(base_url=args.backfill_url)
-    meta = dataset.build(
+    meta = dataset.build_recorded(
+        catalog,
+        catalog_id,
         request,
         args.data_dir,
         args.out,
@@ -267,7 +254,6 @@ def _build(args: argparse.Namespace, request: dataset.DatasetRequest, catalog_id
         log=print,
         auto_backfill=options,
         max_backfill_days=args.max_backfill_days,
-        dataset_id=catalog_id,
     )
     return meta
 

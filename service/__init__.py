@@ -1,5 +1,8 @@
-"""The FastStream + HTTP service front door (live features over RabbitMQ).
+"""The service: one process with a FastStream RabbitBroker (ws-gateway queues in,
+`features.live` and `features.dataset.ready` out) and a FastAPI app (health, latest vectors,
+stats, dataset builds and downloads, model evaluation, backfill jobs).
 
-It imports featlib and nothing else of this repository. Its consumers, scheduler and HTTP
-API are tracked as their own issue; until then this package holds no code.
+It imports featlib and nothing else of this repository: app (wiring), pipeline (messages ->
+featlib.live -> vectors), api and jobs_api (HTTP), jobs (worker threads), gateway (ws-gateway's
+REST API), settings (FEATLIB_* environment), metrics (Prometheus).
 """

@@ -9,12 +9,13 @@ service.pipeline, which runs featlib. Configuration: service.settings (FEATLIB_*
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
@@ -23,8 +24,10 @@ from faststream.specification.asyncapi import AsyncAPI
 
 from featlib import compute, registry
 from featlib.catalog import open_catalog
-from service.api import open_routes, routes
+from service.api import open_routes, require_key, routes
 from service.gateway import Gateway
+from service.jobs_api import attach, job_routes
+from service.jobs_api import shutdown as stop_jobs
 from service.pipeline import LivePipeline
 from service.settings import Settings
 
@@ -87,6 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.warmup:  # before consuming: buffers and books as batch would have them
+            loaded = await asyncio.to_thread(pipeline.engine.warm_up, settings.data_dir)
+            app.state.warmed_up = loaded
+            log.info("warm-up from %s: %s", settings.data_dir, loaded or "nothing stored yet")
         await broker.start()
         app.state.broker_started = True
         pipeline.start()
@@ -101,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.broker_started = False
+            await stop_jobs(app)  # before the broker: a finishing build still publishes
             await pipeline.stop()
             await broker.stop()
             await gateway.close()
@@ -118,9 +126,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pipeline = pipeline
     app.state.gateway = gateway
     app.state.started_at = time.time()
+    dataset_ready = broker.publisher(
+        settings.queue_dataset_ready,
+        title="features.dataset.ready",
+        description="A dataset build finished: its catalog record (id, status, request, "
+        "registry version, rows per split and fold, quality, output directory).",
+    )
+
+    async def publish_dataset_ready(record: dict) -> None:
+        await dataset_ready.publish(record)
+
     app.state.asyncapi = AsyncAPI(
         broker, title="featlib", version="0.1.0", description="Queues featlib reads and writes"
     ).to_specification()
+    attach(app)
+    app.state.on_dataset_ready = publish_dataset_ready
     app.include_router(open_routes)
     app.include_router(routes)
+    app.include_router(job_routes, dependencies=[Depends(require_key)])
     return app

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     warmup: bool = True
     """Fill the live buffers from the raw store at start-up."""
 
+    bybit_url: str = "https://api.bybit.com"
+    """Bybit's REST API for backfill jobs (tests point it at tests/fake_bybit.py)."""
+    bybit_archive_url: str = "https://public.bybit.com"
+    backfill_delay_s: float = Field(default=0.1, ge=0, description="pause between API calls")
+    backfill_max_days: int = Field(default=30, ge=1, description="POST /backfill/auto reach")
+
     ws_gateway_url: str | None = "http://127.0.0.1:8081"
     ws_gateway_subscribe_path: str = "/api/v1/subscriptions"
     ws_gateway_resync_path: str = "/api/v1/orderbook/resync"

@@ -32,7 +32,12 @@ RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def settings_for(prefix: str, data_dir: Path, **changes: Any) -> Settings:
-    changes = {"ws_gateway_url": None, "api_key": "secret", **changes}
+    changes = {
+        "ws_gateway_url": None,
+        "api_key": "secret",
+        "catalog": str(data_dir.parent / "catalog.db"),
+        **changes,
+    }
     return Settings(
         rabbit_url=RABBIT,
         queue_orderbook=f"{prefix}.orderbook",
@@ -44,7 +49,6 @@ def settings_for(prefix: str, data_dir: Path, **changes: Any) -> Settings:
         queue_dead_letter=f"{prefix}.dead",
         queue_dataset_ready=f"{prefix}.dataset-ready",
         data_dir=data_dir,
-        catalog=str(data_dir.parent / "catalog.db"),
         **changes,
     )
 
@@ -53,11 +57,13 @@ def settings_for(prefix: str, data_dir: Path, **changes: Any) -> Settings:
 class Collected:
     vectors: list[dict] = field(default_factory=list)
     dead: list[tuple[bytes, dict]] = field(default_factory=list)
+    ready: list[dict] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
 async def collector(settings: Settings) -> AsyncIterator[Collected]:
-    """A second connection reading features and dead letters, as model-service would."""
+    """A second connection reading features, dead letters and dataset announcements, as
+    model-service would."""
     out = Collected()
     broker = RabbitBroker(settings.rabbit_url)
 
@@ -68,6 +74,10 @@ async def collector(settings: Settings) -> AsyncIterator[Collected]:
     @broker.subscriber(RabbitQueue(settings.queue_dead_letter, durable=True))
     async def dead(message: RabbitMessage) -> None:
         out.dead.append((message.body, dict(message.headers)))
+
+    @broker.subscriber(RabbitQueue(settings.queue_dataset_ready, durable=True))
+    async def ready(message: RabbitMessage) -> None:
+        out.ready.append(orjson.loads(message.body))
 
     await broker.start()
     try:

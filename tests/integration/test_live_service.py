@@ -269,3 +269,84 @@ async def test_a_gap_requests_a_snapshot_and_nulls_book_features(tmp_path):
             assert any(x is not None for x in values)
     _compare(got.vectors, plan, cfg.data_dir)  # batch replays the same gap the same way
     assert registry.load("1.0.0").names == list(plan.names)
+
+
+async def test_a_restarted_service_warms_up_and_still_equals_batch(tmp_path, record_property):
+    """Service A records the first half of the 2023 capture and stops; service B starts on the
+    same raw store, warms its buffers and book up from it, and its vectors over the second
+    half — the first ones included — equal batch over the whole store."""
+    lines = list(read_lines(shared(CAPTURE_2023)))
+    cut = len(lines) // 2
+    halves = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    for path, part in zip(halves, (lines[:cut], lines[cut:]), strict=True):
+        path.write_bytes(b"".join(line.rstrip(b"\n") + b"\n" for line in part))
+    data_dir = tmp_path / "raw"
+    vectors = []
+    for n, path in enumerate(halves):
+        prefix = unique_prefix()
+        cfg = settings_for(prefix, data_dir, registry_version="1.1.0", cadences=["1s"])
+        try:
+            async with collector(cfg) as got, running(cfg) as app:
+                pipeline = app.state.pipeline
+                if n == 1:
+                    warmed = app.state.warmed_up
+                    assert warmed["trades"] > 0 and warmed["orderbook_deltas"] > 0
+                await replay_cli([path], prefix)
+                await wait_for(
+                    lambda p=pipeline, k=n: p.counters["applied"] >= (cut, len(lines) - cut)[k],
+                    what="every message consumed",
+                )
+                await pipeline.drain()
+                await settle(got)
+                vectors.append(got.vectors)
+        finally:
+            await purge(cfg)
+    second = vectors[1]
+    assert second and min(v["ts"] for v in second) > max(v["ts"] for v in vectors[0])
+    plan = compute.plan(registry.load("1.1.0").names)
+    record_property("compared_values", _compare(second, plan, data_dir))
+    book = [f.name for f in plan.features if f.source == "orderbook"]
+    first = min(second, key=lambda v: v["ts"])
+    assert all(first["features"][n] is not None for n in book)  # the book came back
+
+
+async def test_a_finished_dataset_build_is_announced_on_rabbitmq(tmp_path, jan_store):
+    """POST /dataset/build on the running service (real broker): the build is queued, runs,
+    and its catalog record arrives on the features.dataset.ready queue."""
+    import httpx
+
+    prefix = unique_prefix()
+    cfg = settings_for(
+        prefix,
+        jan_store,
+        registry_version="1.2.0",
+        datasets_dir=tmp_path / "datasets",
+        catalog=str(tmp_path / "catalog.db"),
+        warmup=False,
+    )
+    body = {
+        "symbols": ["BTCUSDT"],
+        "start": "2022-01-05",
+        "end": "2022-01-08",
+        "registry_version": "1.2.0",
+    }
+    try:
+        async with collector(cfg) as got, running(cfg) as app:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
+                refused = await http.post("/dataset/build", json=body)
+                assert refused.status_code == 401  # no key
+                answer = await http.post(
+                    "/dataset/build", json=body, headers={"X-API-Key": "secret"}
+                )
+                assert answer.status_code == 202, answer.text
+                ident = answer.json()["id"]
+                await wait_for(lambda: got.ready, timeout=120, what="features.dataset.ready")
+                record = (
+                    await http.get(f"/dataset/{ident}", headers={"X-API-Key": "secret"})
+                ).json()
+    finally:
+        await purge(cfg)
+    announced = got.ready[0]
+    assert announced["id"] == ident and announced["status"] == "ready" == record["status"]
+    assert announced["counts"] == record["counts"] and announced["counts"]["rows"]
