@@ -29,6 +29,9 @@ def test_runs_headless_in_marimo(notebook: Path, tmp_path: Path):
     if notebook.name == "explore_features.py":
         assert "causal and bounded by its lookback" in html
         assert "real BTCUSDT candles" in html  # ../shared/data is read, not synthetic
+    if notebook.name == "explore_dataset.py":  # timeline, quality report, feature per split
+        assert "Split timeline" in html and "Timestamp continuity" in html
+        assert "ks_vs_train" in html
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
