@@ -18,6 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tqdm import tqdm
 
 from featlib import compute, raw, registry, synthetic
+from featlib.cache import FeatureCache, definition_hash
 from featlib.catalog import Catalog, dataset_fields
 from featlib.inputs import DERIVED_SCHEMAS
 from featlib.quality import QualityConfig, QualityError, quality_report
@@ -222,6 +224,46 @@ def _backfill(
     return warnings
 
 
+@dataclass(frozen=True)
+class _Partition:
+    symbol: str
+    lo: int
+    hi: int
+    key: str
+
+
+def _partitions(
+    request: DatasetRequest, data_dir: Path, p: compute.Plan, version: str, lookback: int
+) -> list[_Partition]:
+    """The build's (symbol, UTC day) feature partitions, in output order, each keyed by what
+    its values depend on (featlib.cache)."""
+    definition = definition_hash(p, version)
+    kinds = [k for k in p.raw_tables if k in raw.RAW_SCHEMAS]
+    book_since = request.start - BOOK_WARMUP_MS if "orderbook" in p.sources else None
+    parts = []
+    for symbol in sorted(request.symbols):
+        for day in range(request.start // DAY_MS * DAY_MS, request.end, DAY_MS):
+            lo, hi = max(day, request.start), min(day + DAY_MS, request.end)
+            inputs = [f for k in kinds for f in raw.files(data_dir, k, [symbol], lo - lookback, hi)]
+            if book_since is not None:
+                for kind in ("orderbook_snapshots", "orderbook_deltas"):
+                    inputs += raw.files(data_dir, kind, [symbol], book_since, hi)
+            key = FeatureCache.key(
+                definition, data_dir, inputs, symbol, lo, hi, request.step_ms, lookback, book_since
+            )
+            parts.append(_Partition(symbol, lo, hi, key))
+    return parts
+
+
+def _grid_rows(table: pa.Table, symbol: str, lo: int, hi: int) -> pa.Table:
+    """Rows of a (symbol, ts) ordered table for one symbol with lo <= ts < hi."""
+    mask = pc.and_(
+        pc.equal(table["symbol"], symbol),
+        pc.and_(pc.greater_equal(table["ts"], lo), pc.less(table["ts"], hi)),
+    )
+    return table.filter(mask)
+
+
 def _with_symbol(table: pa.Table, symbol: str) -> pa.Table:
     return table.add_column(0, "symbol", pa.array([symbol] * len(table), pa.string()))
 
@@ -341,8 +383,12 @@ def build(
     auto_backfill: Any = None,
     max_backfill_days: int = 31,
     dataset_id: str | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Build and write the dataset; returns its metadata (also written to metadata.json).
+
+    With `cache_dir` the features of each (symbol, day) partition are stored there by content
+    (featlib.cache) and reused by later builds whose inputs and definitions are the same.
 
     With `auto_backfill` (featlib.backfill.BackfillOptions) missing candles (and funding, when
     the features read it) are fetched from Bybit first, at most `max_backfill_days` days."""
@@ -382,13 +428,25 @@ def build(
         if kind in raw.RAW_SCHEMAS:
             used += raw.register(con, data_dir, kind, request.symbols, read_from, read_to)
     grid = compute.grid(request.symbols, request.start, request.end, request.step_ms)
-    if "orderbook" in p.sources:
-        samples, changes, book_files, book_quality = book_tables(
-            data_dir, request.symbols, grid, request.start - BOOK_WARMUP_MS
+    parts = _partitions(request, data_dir, p, fs.version, lookback) if cache_dir else []
+    cache = FeatureCache(cache_dir) if cache_dir else None
+    cached = {part.key: cache.get(part.key) for part in parts} if cache else {}
+    missing = [part for part in parts if cached[part.key] is None]
+    todo = (
+        grid
+        if cache is None
+        else pa.concat_tables(
+            [_grid_rows(grid, part.symbol, part.lo, part.hi) for part in missing]
+            or [grid.slice(0, 0)]
         )
+    )
+    if "orderbook" in p.sources:
+        since = request.start - BOOK_WARMUP_MS
+        for kind in ("orderbook_snapshots", "orderbook_deltas"):
+            used += raw.files(data_dir, kind, request.symbols, since, request.end)
+        samples, changes, _, book_quality = book_tables(data_dir, request.symbols, todo, since)
         con.register("book_samples", samples)
         con.register("book_changes", changes)
-        used += book_files
         if book_quality["gaps"] or book_quality["desynced_samples"]:
             warnings.append(
                 f"order book: {book_quality['gaps']} update-id gap(s), "
@@ -407,7 +465,16 @@ def build(
             )
     lap("load")
 
-    features = compute.compute(p, con, grid)
+    if cache is None:
+        features = compute.compute(p, con, todo)
+    else:
+        if missing:
+            computed = compute.compute(p, con, todo)
+            for part in missing:
+                cached[part.key] = _grid_rows(computed, part.symbol, part.lo, part.hi)
+                cache.put(part.key, cached[part.key])
+        features = pa.concat_tables([cached[part.key] for part in parts])
+        say(f"feature partitions: {len(parts) - len(missing)} reused, {len(missing)} computed")
     lap("features")
     targets = compute_targets(request.target, con, grid)
     con.close()
@@ -479,6 +546,12 @@ def build(
             "written": sum(len(p.rows) for p in assignment.parts),
         },
         "quality": quality,
+        "cache": {
+            "dir": None if cache_dir is None else str(cache_dir),
+            "partitions": len(parts),
+            "reused": len(parts) - len(missing),
+            "computed": len(missing),
+        },
         "input": {
             "data_dir": str(data_dir),
             "files": len(used),

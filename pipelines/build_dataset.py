@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from featlib import dataset, raw, registry, synthetic
+from featlib.cache import default_cache_dir
 from featlib.catalog import Catalog, open_catalog
 from featlib.schema import check_symbol
 from featlib.splits import Period, RandomSplit, SplitConfig, TimeSplit, WalkForward
@@ -124,6 +125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="data/catalog.db",
         help="catalog database recording the build: a path (SQLite) or a postgresql:// DSN",
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="feature partitions reused across builds (default: DATA_DIR/../cache/features)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="compute every partition")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
@@ -254,6 +261,7 @@ def _build(
         log=print,
         auto_backfill=options,
         max_backfill_days=args.max_backfill_days,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir(args.data_dir)),
     )
     return meta
 

@@ -51,6 +51,7 @@ from sklearn.metrics import (
 
 from featlib import backfill, compute, dataset, registry
 from featlib.backfill import BackfillJob, BackfillOptions, BackfillRequest
+from featlib.cache import default_cache_dir
 from featlib.catalog import Catalog, CatalogUnavailable, open_catalog
 from featlib.timeutil import DAY_MS, iso, parse_time
 from service.jobs import JobError, JobRunner, build_estimate_s
@@ -228,6 +229,7 @@ def _build(
             out_dir,
             registry_dir=settings.registry_dir,
             log=lambda message: log.info("dataset %s: %s", ident, message),
+            cache_dir=default_cache_dir(settings.data_dir),
         )
         record = catalog.get_dataset(ident)
     _notify(getattr(app.state, "on_dataset_ready", None), jsonable_encoder(record), loop)
