@@ -140,7 +140,13 @@ def _split(args: argparse.Namespace) -> SplitConfig | None:
     margins = {"purge": args.purge, "embargo": args.embargo}
     periods = (args.train, args.validation, args.test)
     if args.walk_forward:
-        days = [float(x) for x in args.walk_forward.split(",")]
+        try:  # days, optionally written 10d
+            days = [float(x.strip().removesuffix("d")) for x in args.walk_forward.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--walk-forward {args.walk_forward!r}: expected TRAIN,VALIDATION,TEST,STEP "
+                "in days, e.g. 7,2,1,3"
+            ) from None
         if len(days) != 4:
             raise ValueError("--walk-forward is TRAIN,VALIDATION,TEST,STEP in days (TEST may be 0)")
         return WalkForward(
