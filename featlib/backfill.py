@@ -39,7 +39,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -1129,6 +1129,24 @@ def _run_kind(
         for day in run_days:
             empty = RAW_SCHEMAS["funding"].empty_table()
             _run_day(job, client, root, kind, day, notify, per_day.get(day, empty))
+
+
+def symbol_problem(symbol: str, options: BackfillOptions | None = None) -> str | None:
+    """Bybit's rejection of a symbol (one ticker call, no retries, nothing stored), else None.
+    Network trouble or an empty answer is not a rejection: the job itself will say."""
+    options = replace(options or BackfillOptions(), max_retries=0, delay_s=0.0)
+    now = _now_ms()
+    probe = BackfillJob(BackfillRequest(symbol=symbol, start=now - DAY_MS, end=now, types="ticker"))
+    client = _Client(options, probe)
+    try:
+        _fetch_current(client, symbol, "ticker", None)
+    except BackfillError as exc:
+        return str(exc)
+    except (_DayFailed, Cancelled):
+        return None
+    finally:
+        client.close()
+    return None
 
 
 def run(

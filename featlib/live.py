@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from featlib import compute
+from featlib import compute, raw
 from featlib.bybit import Parsed
 from featlib.inputs import DERIVED_SCHEMAS, TABLE_SCHEMAS
 from featlib.schema import RAW_KEYS, RAW_SCHEMAS
@@ -292,7 +292,6 @@ class LiveEngine:
         (if within `book_replay_ms`; an older book waits for a fresh snapshot). Vectors resume
         at the first whole step after the stored data. Returns rows loaded per table."""
         from featlib import book as bookmod
-        from featlib import raw
 
         now = time.time() * 1000 if now_wall_ms is None else now_wall_ms
         kinds = [
@@ -477,8 +476,6 @@ class LiveEngine:
 
 def _last_ts(data_dir: Path, kind: str, symbol: str, since_ms: int | None = None) -> int | None:
     """The latest stored ts of one symbol's `kind` (at or after since_ms), epoch ms."""
-    from featlib import raw
-
     if not raw.files(data_dir, kind, [symbol], since_ms):
         return None
     con = duckdb.connect()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -28,6 +29,13 @@ def setup_logging(quiet: bool = False) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def require_files(paths: Iterable[Path]) -> None:
+    """Name every capture file that does not exist, before any work starts."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such capture file(s): {', '.join(missing)}")
 
 
 def run(main: Callable[[], int]) -> None:

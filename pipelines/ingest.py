@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from featlib.capture import ingest, read_lines
-from pipelines._cli import run, setup_logging
+from pipelines._cli import require_files, run, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,9 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.quiet)
-    missing = [str(f) for f in args.files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such capture file(s): {', '.join(missing)}")
+    require_files(args.files)
     rejected = 0
     for path in args.files:
         started = time.perf_counter()

@@ -24,7 +24,7 @@ from faststream.rabbit import RabbitBroker, RabbitQueue
 from faststream.rabbit.schemas import Channel
 
 from featlib.capture import read_lines
-from pipelines._cli import run, setup_logging
+from pipelines._cli import require_files, run, setup_logging
 
 QUEUE_OF = {
     "orderbook": "orderbook",
@@ -112,9 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.quiet)
-    missing = [str(f) for f in args.files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such capture file(s): {', '.join(missing)}")
+    require_files(args.files)
     started = time.monotonic()
     counts = asyncio.run(replay(args.files, args.url, args.prefix, args.speed, args.limit))
     seconds = time.monotonic() - started

@@ -22,11 +22,9 @@ import inspect
 import logging
 import math
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -446,15 +444,6 @@ def _default_types(settings: Any) -> list[str]:
     return dataset.backfill_types(compute.plan(fs.names))
 
 
-def _symbol_problem(symbol: str, options: BackfillOptions) -> str | None:
-    """Bybit's rejection of a symbol (one ticker call, nothing kept), else None."""
-    now = time.time_ns() // 1_000_000
-    probe = BackfillJob(BackfillRequest(symbol=symbol, start=now - DAY_MS, end=now, types="ticker"))
-    with tempfile.TemporaryDirectory(prefix="featlib-probe-") as tmp:
-        backfill.run(probe, Path(tmp), replace(options, max_retries=0, delay_s=0.0))
-    return probe.error if probe.fatal else None
-
-
 def _queue_backfill(runner: JobRunner, settings: Any, wanted: BackfillRequest) -> BackfillJob:
     job = BackfillJob(wanted)
     run = partial(backfill.run, job, settings.data_dir, backfill_options(settings))
@@ -488,7 +477,7 @@ def backfill_historical(request: Request, body: HistoricalBackfill) -> dict[str,
         )
     except ValidationError as exc:
         raise _invalid(exc) from None
-    problem = _symbol_problem(wanted.symbol, backfill_options(settings))
+    problem = backfill.symbol_problem(wanted.symbol, backfill_options(settings))
     if problem:
         raise HTTPException(422, problem)
     job = _queue_backfill(request.app.state.jobs, settings, wanted)

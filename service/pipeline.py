@@ -136,12 +136,13 @@ class LivePipeline:
         delivery = getattr(message, "raw_message", None)
         tag = getattr(delivery, "delivery_tag", None)
         if tag is None:  # not from a broker channel (tests calling handle directly)
-            self._apply(item)
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            reply = self._apply(item)
+            if reply is not None:  # its dead letter or ack, before returning
+                await reply
             return
         self.order.push(delivery.channel, tag, item)
 
-    def _apply(self, item: tuple[bytes, RabbitMessage, str, float]) -> None:
+    def _apply(self, item: tuple[bytes, RabbitMessage, str, float]) -> asyncio.Task | None:
         """Dead-letter the message, or apply it and queue it for recording."""
         body, message, queue, received = item
         self.last_message_wall = received
@@ -149,12 +150,10 @@ class LivePipeline:
         try:
             parsed = parse_message(body, received_at=int(received))
         except BybitParseError as exc:
-            self._spawn(self._dead_letter(body, message, queue, exc))
-            return
+            return self._spawn(self._dead_letter(body, message, queue, exc))
         if parsed is None:  # subscription acks and pongs are not market data
             self.counters["control"] += 1
-            self._spawn(message.ack())
-            return
+            return self._spawn(message.ack())
         self.engine.on_message(parsed, received)
         self._watch_book(parsed.symbol)
         self.pending.append((parsed, message))
@@ -164,6 +163,7 @@ class LivePipeline:
             self._wake.set()
         if len(self.pending) >= self.settings.flush_rows:
             self._spawn(self.flush())
+        return None
 
     async def _dead_letter(
         self, body: bytes, message: RabbitMessage, queue: str, exc: BybitParseError
@@ -197,10 +197,11 @@ class LivePipeline:
             if self.gateway is not None:
                 self._spawn(self.gateway.resync(symbol))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
+        return task
 
     # --- recording --------------------------------------------------------------------------
 

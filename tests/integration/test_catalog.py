@@ -138,7 +138,23 @@ def test_dataset_round_trip_keeps_json_and_times(catalog: Catalog):
         }
     )
     got = catalog.get_dataset(ident)
-    assert got is not None
+    assert set(got) == {  # the whole record, every field the catalog keeps
+        "id",
+        "status",
+        "request",
+        "registry_version",
+        "symbols",
+        "counts",
+        "quality",
+        "timings",
+        "warnings",
+        "error",
+        "out_dir",
+        "data_hash",
+        "created_at",
+        "updated_at",
+    }
+    assert got["out_dir"] == "data/datasets/jan" and got["data_hash"] is None
     assert got["id"] == ident and ident.startswith("ds-")
     assert got["status"] == "building"
     assert got["request"] == request
