@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,14 +30,17 @@ from featlib import compute
 
 FORMAT = "1"
 _CODE = ("compute.py", "inputs.py", "book.py", "bybit.py", "schema.py", "features")
+# and what turns feature rows into a dataset's files
+OUTPUT_CODE = (*_CODE, "raw.py", "dataset.py", "targets.py", "splits.py", "quality.py")
 
 
 @functools.cache
-def code_hash() -> str:
-    """Hash of the source of everything that turns raw rows into feature values."""
+def code_hash(names: tuple[str, ...] = _CODE) -> str:
+    """Hash of the source of `names` (default: everything that turns raw rows into feature
+    values), files and packages of featlib."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in _CODE:
+    for name in names:
         path = root / name
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.relative_to(root).as_posix().encode() + b"\0")
@@ -48,6 +52,23 @@ def definition_hash(plan: compute.Plan, registry_version: str) -> str:
     """The feature definitions: names in order, registry version, compute-path code."""
     text = "\n".join([FORMAT, registry_version, *plan.names, code_hash()])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (copy across file systems) every file under src to the same place under dst."""
+    for path in Path(src).rglob("*"):
+        if path.is_file():
+            target = Path(dst) / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+
+
+def _relative(path: Path, root: Path) -> str:
+    text, prefix = str(path), f"{root}/"
+    return text[len(prefix) :] if text.startswith(prefix) else str(Path(path).relative_to(root))
 
 
 def default_cache_dir(data_dir: Path) -> Path:
@@ -64,7 +85,7 @@ class FeatureCache:
         """Key of one partition: definition hash, its input files, and further parameters
         (symbol, day, lookback, grid step, ...)."""
         digest = hashlib.sha256(definition.encode())
-        for path in sorted(str(Path(p).relative_to(data_dir)) for p in inputs):
+        for path in sorted(_relative(p, data_dir) for p in inputs):
             digest.update(b"\0" + path.encode())
         digest.update(("\0" + "\0".join(map(str, parts))).encode())
         return digest.hexdigest()
@@ -80,6 +101,22 @@ class FeatureCache:
             return pq.read_table(path)
         except (OSError, pa.ArrowInvalid):  # damaged: compute it again (and overwrite it)
             return None
+
+    def output_dir(self, key: str) -> Path:
+        """Where a whole dataset built under `key` is kept (featlib.dataset)."""
+        return self.root / "outputs" / key
+
+    def put_dir(self, key: str, src: Path) -> None:
+        """Keep a copy of dataset directory `src` (hard links where possible) under `key`."""
+        final = self.output_dir(key)
+        if final.exists():
+            return
+        tmp = final.with_name(f".{key}.{uuid.uuid4().hex[:8]}.tmp")
+        link_tree(src, tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another build kept the same output first
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def put(self, key: str, table: pa.Table) -> None:
         path = self.path(key)

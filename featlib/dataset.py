@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tqdm import tqdm
 
 from featlib import compute, raw, registry, synthetic
-from featlib.cache import FeatureCache, definition_hash
+from featlib.cache import OUTPUT_CODE, FeatureCache, code_hash, definition_hash, link_tree
 from featlib.catalog import Catalog, dataset_fields
 from featlib.inputs import DERIVED_SCHEMAS
 from featlib.quality import QualityConfig, QualityError, quality_report
@@ -240,14 +240,25 @@ def _partitions(
     definition = definition_hash(p, version)
     kinds = [k for k in p.raw_tables if k in raw.RAW_SCHEMAS]
     book_since = request.start - BOOK_WARMUP_MS if "orderbook" in p.sources else None
+    listed: dict[tuple[str, str, int], list[Path]] = {}
+
+    def files(kind: str, symbol: str, lo: int, hi: int) -> list[Path]:
+        """raw.files, each (kind, symbol, day) listed once for all partitions."""
+        found = []
+        for day in range(lo // DAY_MS * DAY_MS, hi, DAY_MS):
+            if (kind, symbol, day) not in listed:
+                listed[kind, symbol, day] = raw.files(data_dir, kind, [symbol], day, day + 1)
+            found += listed[kind, symbol, day]
+        return found
+
     parts = []
     for symbol in sorted(request.symbols):
         for day in range(request.start // DAY_MS * DAY_MS, request.end, DAY_MS):
             lo, hi = max(day, request.start), min(day + DAY_MS, request.end)
-            inputs = [f for k in kinds for f in raw.files(data_dir, k, [symbol], lo - lookback, hi)]
+            inputs = [f for k in kinds for f in files(k, symbol, lo - lookback, hi)]
             if book_since is not None:
                 for kind in ("orderbook_snapshots", "orderbook_deltas"):
-                    inputs += raw.files(data_dir, kind, [symbol], book_since, hi)
+                    inputs += files(kind, symbol, book_since, hi)
             key = FeatureCache.key(
                 definition, data_dir, inputs, symbol, lo, hi, request.step_ms, lookback, book_since
             )
@@ -349,6 +360,27 @@ def _data_hash(data_dir: Path, paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _output_key(
+    request: DatasetRequest, data_dir: Path, parts: list[_Partition], price_table: str
+) -> str:
+    """Key of a whole dataset: the request, every feature partition's key, the price files the
+    targets read and the code that turns features into splits, quality and files."""
+    target_files = raw.files(
+        data_dir,
+        price_table,
+        request.symbols,
+        request.start,
+        request.end + request.target.horizon_ms,
+    )
+    return FeatureCache.key(
+        code_hash(OUTPUT_CODE),
+        data_dir,
+        target_files,
+        request.model_dump_json(),
+        *(part.key for part in parts),
+    )
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         if not (out_dir / "metadata.json").is_file():
@@ -417,19 +449,38 @@ def build(
     needs = required_history(fs, request.target)
     if auto_backfill is not None:
         warnings += _backfill(data_dir, request, p, lookback, auto_backfill, max_backfill_days, say)
+    price_table = "klines" if request.target.price == "close" else "trades"
+    parts = _partitions(request, data_dir, p, fs.version, lookback) if cache_dir else []
+    cache = FeatureCache(cache_dir) if cache_dir else None
+    output_key = _output_key(request, data_dir, parts, price_table) if cache else None
+    if cache is not None and (cache.output_dir(output_key) / "metadata.json").is_file():
+        lap("plan")
+        metadata = _reuse_output(
+            cache.output_dir(output_key),
+            request,
+            data_dir,
+            out_dir,
+            dataset_id,
+            cache_dir,
+            len(parts),
+            timings,
+            started,
+        )
+        bar.close()
+        for message in metadata["warnings"]:
+            say(f"warning: {message}")
+        say(f"dataset reused whole from the cache ({len(parts)} feature partitions unchanged)")
+        return metadata
     check_history(data_dir, request, needs)
     lap("plan")
 
     con = duckdb.connect()
     read_from, read_to = request.start - lookback, request.end + horizon
     used: list[Path] = []
-    price_table = "klines" if request.target.price == "close" else "trades"
     for kind in dict.fromkeys((*p.raw_tables, price_table)):
         if kind in raw.RAW_SCHEMAS:
             used += raw.register(con, data_dir, kind, request.symbols, read_from, read_to)
     grid = compute.grid(request.symbols, request.start, request.end, request.step_ms)
-    parts = _partitions(request, data_dir, p, fs.version, lookback) if cache_dir else []
-    cache = FeatureCache(cache_dir) if cache_dir else None
     cached = {part.key: cache.get(part.key) for part in parts} if cache else {}
     missing = [part for part in parts if cached[part.key] is None]
     todo = (
@@ -551,6 +602,7 @@ def build(
             "partitions": len(parts),
             "reused": len(parts) - len(missing),
             "computed": len(missing),
+            "output": "built",
         },
         "input": {
             "data_dir": str(data_dir),
@@ -565,10 +617,51 @@ def build(
         "warnings": warnings,
     }
     (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    if cache is not None:
+        cache.put_dir(output_key, tmp)
     _replace_dir(tmp, out_dir)
     bar.close()
     for message in warnings:
         say(f"warning: {message}")
+    return metadata
+
+
+def _reuse_output(
+    stored: Path,
+    request: DatasetRequest,
+    data_dir: Path,
+    out_dir: Path,
+    dataset_id: str | None,
+    cache_dir: Path,
+    partitions: int,
+    timings: dict[str, float],
+    started: float,
+) -> dict[str, Any]:
+    """Write a dataset an earlier build made from the same inputs and definitions: its split
+    files are linked, its metadata is the earlier one with this build's id, time and cache."""
+    metadata = json.loads((stored / "metadata.json").read_text())
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    link_tree(stored, tmp)
+    metadata.update(
+        id=dataset_id or f"ds-{uuid.uuid4().hex[:12]}",
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        request=json.loads(request.model_dump_json()),
+        cache={
+            "dir": str(cache_dir),
+            "partitions": partitions,
+            "reused": partitions,
+            "computed": 0,
+            "output": "reused",
+            "built_by": metadata["id"],
+        },
+        timings_s={**timings, "total": round(time.perf_counter() - started, 4)},
+        peak_rss_mb=_peak_rss_mb(),
+    )
+    metadata["input"]["data_dir"] = str(data_dir)
+    (tmp / "metadata.json").unlink()
+    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    _replace_dir(tmp, out_dir)
     return metadata
 
 

@@ -76,7 +76,14 @@ def partition_dir(root: Path, kind: str, day: dt.date, symbol: str) -> Path:
 
 
 def part_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    directory = Path(directory)
+    return [
+        directory / n for n in sorted(names) if n.startswith("part-") and n.endswith(".parquet")
+    ]
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ the feature and what is wrong.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,11 @@ def check(fs: FeatureSet) -> list[str]:
 
 def parse(text: str, source: str = "<yaml>") -> FeatureSet:
     """Validate YAML text as a feature set; raise RegistryError listing every problem."""
+    return _parse(text, source).model_copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(text: str, source: str) -> FeatureSet:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -227,7 +227,7 @@ def _build(
             out_dir,
             registry_dir=settings.registry_dir,
             log=lambda message: log.info("dataset %s: %s", ident, message),
-            cache_dir=default_cache_dir(settings.data_dir),
+            cache_dir=settings.cache_dir or default_cache_dir(settings.data_dir),
         )
         record = catalog.get_dataset(ident)
     _notify(getattr(app.state, "on_dataset_ready", None), jsonable_encoder(record), loop)

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data/raw")
     datasets_dir: Path = Path("data/datasets")
+    cache_dir: Path | None = None
+    """Dataset builds' feature/output cache; None: beside the raw store (DATA_DIR/../cache)."""
     catalog: str = "data/catalog.db"
     registry_dir: Path = REGISTRY_DIR
     registry_version: str | None = None

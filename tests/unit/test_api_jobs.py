@@ -279,6 +279,7 @@ async def test_shutdown_drops_queued_builds(jan_store, tmp_path):
         Settings(
             data_dir=jan_store,
             datasets_dir=tmp_path / "datasets",
+            cache_dir=tmp_path / "cache",  # empty: the first build is cold and keeps the worker
             catalog=str(tmp_path / "catalog.db"),
             ws_gateway_url=None,
         )
