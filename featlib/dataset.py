@@ -10,6 +10,7 @@ the same `compute` call the live service makes; the raw store is read through Du
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import resource
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,6 +78,12 @@ class DatasetRequest(BaseModel):
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     resolution: Literal["1m", "1s"] = "1m"
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    short_history: bool = Field(
+        default=False,
+        description="build even where the stored data is shorter than a feature's lookback "
+        "(e.g. minutes of captures): each feature is null outside [first stored time of its "
+        "inputs + its lookback, last stored time]",
+    )
 
     @field_validator("start", mode="before")
     @classmethod
@@ -308,7 +315,10 @@ def _day_problem(
 
 def check_history(data_dir: Path, request: DatasetRequest, needs: dict[str, int]) -> None:
     """Raise DatasetError naming what is available when stored history does not cover the
-    build. `needs` maps a raw table to the lookback it needs before the first grid time."""
+    build. `needs` maps a raw table to the lookback it needs before the first grid time.
+    A short_history request is not checked: its features are masked (short_history_mask)."""
+    if request.short_history:
+        return
     start, end, horizon = request.start, request.end, request.target.horizon_ms
     problems = []
     for symbol in request.symbols:
@@ -326,9 +336,110 @@ def check_history(data_dir: Path, request: DatasetRequest, needs: dict[str, int]
             "missing history for the build (each input from start − its lookback to end, "
             f"candles to end + horizon {format_duration(horizon)}):\n  "
             + "\n  ".join(problems)
-            + "\nChoose a range inside the available periods, or fetch history first "
-            "(just backfill SYMBOL START END)."
+            + "\nChoose a range inside the available periods, fetch history first "
+            "(just backfill SYMBOL START END), or build with short_history "
+            "(--short-history): features null until stored data covers their lookback."
         )
+
+
+def stored_kinds(source: str) -> tuple[str, ...]:
+    """The raw-store tables a feature source reads (the book's: snapshots and deltas)."""
+    if source == "orderbook":
+        return ("orderbook_snapshots", "orderbook_deltas")
+    return tuple(k for k in compute.SOURCES[source].raw if k in raw.RAW_SCHEMAS)
+
+
+def stored_span(
+    data_dir: Path, kinds: Sequence[str], symbol: str, start: int | None, end: int | None
+) -> tuple[int, int] | None:
+    """First and last stored event time (epoch ms) over `kinds` for `symbol` in the UTC days
+    of [start, end) (all days when None); None when nothing is stored."""
+    paths = [f for k in kinds for f in raw.files(data_dir, k, [symbol], start, end)]
+    if not paths:
+        return None
+    listing = ", ".join(f"'{p}'" for p in paths)
+    con = duckdb.connect()
+    try:
+        first, last = con.execute(
+            f"SELECT epoch_ms(min(ts)), epoch_ms(max(ts)) FROM read_parquet([{listing}], "
+            "union_by_name = true)"
+        ).fetchone()
+    finally:
+        con.close()
+    return None if first is None else (int(first), int(last))
+
+
+def short_history_mask(
+    table: pa.Table,
+    fs: registry.FeatureSet,
+    data_dir: Path,
+    symbols: Sequence[str],
+    start: int,
+    end: int,
+) -> tuple[pa.Table, dict[str, Any], list[str]]:
+    """Null each feature outside [first stored time of its inputs + its lookback, last stored
+    time], per symbol: where its window is not covered by stored data a value would be a
+    guess. Returns the table, per feature and symbol the span it is defined in, warnings."""
+    ts, sym = table["ts"], table["symbol"]
+    since = start - max((f.lookback_ms for f in fs.features), default=0)
+    stored = functools.cache(lambda kinds, symbol: stored_span(data_dir, kinds, symbol, since, end))
+    spans: dict[str, dict[str, Any]] = {}
+    never: list[str] = []
+    for f in fs.features:
+        declared = compute.FEATURES[f.name]
+        kinds = stored_kinds(declared.source)
+        if not kinds:  # clock features read the grid time alone
+            continue
+        warmup = f.lookback_ms if declared.warmup_ms is None else declared.warmup_ms
+        outside = pa.array(np.zeros(len(table), dtype=bool))
+        spans[f.name] = {}
+        for symbol in symbols:
+            span = stored(kinds, symbol)  # data before start - lookback: no mask either way
+            lo, hi = (span[0] + warmup, span[1]) if span else (end, start - 1)
+            spans[f.name][symbol] = {"from": iso(lo), "to": iso(hi)} if lo <= hi else None
+            bad = pc.and_(pc.equal(sym, symbol), pc.or_(pc.less(ts, lo), pc.greater(ts, hi)))
+            outside = pc.or_(outside, bad)
+        if all(v is None for v in spans[f.name].values()):
+            never.append(f.name)
+        column = table[f.name]
+        masked = pc.if_else(outside, pa.scalar(None, column.type), column)
+        table = table.set_column(table.schema.get_field_index(f.name), f.name, masked)
+    warnings = []
+    if never:
+        warnings.append(
+            f"short history: {len(never)} feature(s) need more stored history than there is "
+            f"and are null throughout: {', '.join(never)}"
+        )
+    return table, spans, warnings
+
+
+def short_history_range(
+    data_dir: Path,
+    symbols: list[str],
+    inputs: Sequence[Sequence[str]],
+    horizon_ms: int,
+    step_ms: int,
+) -> tuple[int, int]:
+    """The widest [start, end) on the grid where every symbol has data of each input (a group
+    of raw kinds, e.g. book snapshots + deltas; inputs with nothing stored are left out) and a
+    target horizon after it."""
+    starts, ends = [], []
+    for symbol in symbols:
+        for kinds in inputs:
+            span = stored_span(data_dir, kinds, symbol, None, None)
+            if span:
+                starts.append(span[0])
+                ends.append(span[1])
+    if not starts:
+        raise DatasetError(f"nothing stored for {', '.join(symbols)} in {data_dir}")
+    start = -(-max(starts) // step_ms) * step_ms
+    end = (min(ends) - horizon_ms) // step_ms * step_ms + step_ms
+    if end <= start:
+        raise DatasetError(
+            f"the stored data ({iso(max(starts))} → {iso(min(ends))}) is shorter than the "
+            f"{format_duration(horizon_ms)} target horizon"
+        )
+    return start, end
 
 
 def available_range(
@@ -347,7 +458,8 @@ def available_range(
     if end <= start:
         raise DatasetError(
             f"stored candles are too short for a {format_duration(lookback_ms)} "
-            f"lookback plus a {format_duration(horizon_ms)} horizon"
+            f"lookback plus a {format_duration(horizon_ms)} horizon (--short-history builds "
+            "with features null until stored data covers their lookback)"
         )
     return start, end
 
@@ -531,6 +643,12 @@ def build(
     con.close()
     if features["ts"] != targets["ts"] or features["symbol"] != targets["symbol"]:
         raise RuntimeError("features and targets are not aligned on the grid")
+    defined = None
+    if request.short_history:
+        features, defined, short_warnings = short_history_mask(
+            features, fs, data_dir, request.symbols, request.start, request.end
+        )
+        warnings += short_warnings
     table = features
     for column in request.target.columns:
         table = table.append_column(column, targets[column])
@@ -597,6 +715,7 @@ def build(
             "written": sum(len(p.rows) for p in assignment.parts),
         },
         "quality": quality,
+        "short_history": defined,
         "cache": {
             "dir": None if cache_dir is None else str(cache_dir),
             "partitions": len(parts),

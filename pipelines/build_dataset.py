@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from featlib import dataset, raw, registry, synthetic
+from featlib import compute, dataset, raw, registry, synthetic
 from featlib.cache import default_cache_dir
 from featlib.catalog import Catalog, open_catalog
 from featlib.schema import check_symbol
@@ -131,6 +131,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="feature partitions reused across builds (default: DATA_DIR/../cache/features)",
     )
     parser.add_argument("--no-cache", action="store_true", help="compute every partition")
+    parser.add_argument(
+        "--short-history",
+        action="store_true",
+        help="build from data shorter than the features' lookbacks (e.g. minutes of captures): "
+        "each feature is null until its lookback is covered by stored data; without "
+        "--start/--end the range is where every stored input overlaps",
+    )
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
@@ -205,9 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.start and args.end:
         start, end = parse_time(args.start), parse_end(args.end)
     else:
-        first, last = dataset.available_range(
-            args.data_dir, symbols, lookback, target.horizon_ms, step
-        )
+        if args.short_history:
+            p = compute.plan(fs.names)
+            inputs = [dataset.stored_kinds(source) for source in p.sources]
+            inputs.append(("klines",) if target.price == "close" else ("trades",))
+            first, last = dataset.short_history_range(
+                args.data_dir, symbols, [i for i in inputs if i], target.horizon_ms, step
+            )
+        else:
+            first, last = dataset.available_range(
+                args.data_dir, symbols, lookback, target.horizon_ms, step
+            )
         start = parse_time(args.start) if args.start else first
         end = parse_end(args.end) if args.end else last
     split = _split(args)
@@ -221,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         split=split,
         split_fractions=fractions,
         resolution=args.resolution,
+        short_history=args.short_history,
     )
     print(
         f"building {', '.join(symbols)} {iso(start)} → {iso(end)} with registry "

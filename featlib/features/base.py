@@ -43,6 +43,9 @@ class Feature:
     params: Mapping[str, Any] = field(default_factory=dict)
     depends: tuple[str, ...] = ()
     min_candles: int | None = None
+    warmup_ms: int | None = None
+    """Stored history a value needs (None: the lookback). A latest-value feature (e.g. the
+    funding rate last published within 9 h) is defined from its first event on."""
 
     @property
     def doc(self) -> str:
@@ -70,8 +73,10 @@ def feature(
     lookback: str,
     params: Mapping[str, Any] | None = None,
     depends: tuple[str, ...] = (),
+    warmup: str | None = None,
 ) -> Callable:
-    """Declare an Ibis feature: `fn(table) -> table.mutate(<fn name>=...)`."""
+    """Declare an Ibis feature: `fn(table) -> table.mutate(<fn name>=...)`. `warmup`: the
+    stored history a value needs when less than the lookback (Feature.warmup_ms)."""
 
     def wrap(fn: Callable[[ir.Table], ir.Table]) -> Callable[[ir.Table], ir.Table]:
         _register(
@@ -83,6 +88,7 @@ def feature(
                 "ibis",
                 dict(params or {}),
                 depends,
+                warmup_ms=None if warmup is None else parse_duration(warmup),
             )
         )
         return fn

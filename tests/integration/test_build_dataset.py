@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from featlib import registry
-from tests.conftest import KLINES_31D, ROOT, shared
+from tests.conftest import CAPTURE_2023, KLINES_31D, ROOT, shared
 
 pytestmark = pytest.mark.integration
 
@@ -347,3 +347,32 @@ def test_a_leaking_split_is_refused(built, tmp_path):
         "--quiet",
     )
     assert result.returncode == 2 and "embargo" in result.stderr and "horizon" in result.stderr
+
+
+def test_one_second_grid_from_ingested_captures(tmp_path):
+    """The catalog issue's 'done when': registry 1.1.0 at a 1 s grid on the ingested real
+    2023 capture. Its 7 minutes are shorter than most lookbacks: without --short-history the
+    build refuses and names what is stored; with it, each feature is null until stored data
+    covers its lookback (the spans are in metadata)."""
+    data = tmp_path / "raw"
+    ingest = _run("pipelines.ingest", str(shared(CAPTURE_2023)), "--data-dir", str(data))
+    assert ingest.returncode == 0, ingest.stderr
+    args = ["pipelines.build_dataset", "--symbol", "BTCUSDT", "--registry-version", "1.1.0"]
+    args += ["--grid", "1s", "--data-dir", str(data), "--horizon", "10s"]
+    refused = _run(*args, "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and "too short" in refused.stderr, refused.stderr
+    result = _run(*args, "--short-history", "--out", str(tmp_path / "ds"))
+    assert result.returncode == 0, result.stderr
+    assert "building BTCUSDT 2023-04-05T00:00:05Z → 2023-04-05T00:06:45Z" in result.stdout
+    meta = json.loads((tmp_path / "ds" / "metadata.json").read_text())
+    table = pa.concat_tables(
+        [pq.read_table(tmp_path / "ds" / f"{s}.parquet") for s in ("train", "validation", "test")]
+    )
+    assert meta["resolution"] == "1s" and table.num_rows == meta["rows"]["written"] > 300
+    assert np.all(np.diff(table["ts"].cast(pa.int64()).to_numpy()) % 1000 == 0)
+    # 1 s book features from the first second on; 1 m trade flow after one stored minute
+    assert table["depth_imbalance_top5"].null_count == 0
+    assert meta["short_history"]["vwap_1m"]["BTCUSDT"]["from"] == "2023-04-05T00:01:04.962Z"
+    assert meta["short_history"]["relative_volume_24h"]["BTCUSDT"] is None
+    assert table["relative_volume_24h"].null_count == table.num_rows
+    assert any("relative_volume_24h" in w and "null throughout" in w for w in meta["warnings"])
