@@ -686,16 +686,25 @@ def stream_messages(
     parts = []
     for table, is_snapshot in ((snapshots, True), (deltas, False)):
         rows = table.select(BOOK.names).cast(BOOK)
-        rows = rows.filter(pc.equal(rows["symbol"], symbol))
+        rows = _only(rows, pc.equal(rows["symbol"], symbol))
         parts.append(rows.append_column("is_snapshot", pa.repeat(is_snapshot, len(rows))))
     both = pa.concat_tables(parts)
     if depth is None and len(both):
         depth = pc.max(both["depth"]).as_py()
     if depth is not None:
-        both = both.filter(pc.equal(both["depth"], depth))
-    return both.sort_by(
-        [("ts", "ascending"), ("update_id", "ascending"), ("is_snapshot", "descending")]
-    )
+        both = _only(both, pc.equal(both["depth"], depth))
+    order = pc.sort_indices(
+        both.select(["ts", "update_id", "is_snapshot"]),
+        [("ts", "ascending"), ("update_id", "ascending"), ("is_snapshot", "descending")],
+    ).to_numpy()
+    if np.array_equal(order, np.arange(len(order))):  # stored in order: skip moving the lists
+        return both
+    return both.take(order)
+
+
+def _only(table: pa.Table, keep: pa.ChunkedArray) -> pa.Table:
+    """table.filter(keep), without copying the level lists when every row is kept."""
+    return table if pc.all(keep).as_py() is not False else table.filter(keep)
 
 
 def _flatten(messages: pa.Table) -> _Messages:

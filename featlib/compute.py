@@ -25,13 +25,14 @@ from dataclasses import dataclass
 
 import duckdb
 import ibis
+import ibis.expr.operations as ops
 import ibis.expr.types as ir
 import numpy as np
 import pyarrow as pa
 
 from featlib.features import FEATURES, Feature
 from featlib.features.base import candles
-from featlib.inputs import SOURCES, isfinite
+from featlib.inputs import DENSE, SECOND_MS, SOURCES, isfinite
 
 GRID_SCHEMA = pa.schema([pa.field("symbol", pa.string()), pa.field("ts", pa.int64())])
 
@@ -125,9 +126,18 @@ def _apply(frame: ir.Table, feats: Sequence[Feature]) -> ir.Table:
                 for f in indicators
             }
         ).drop(*(f"_n{n}" for n in spans))
+    base, merged, rest = frame, {}, []
     for f in feats:
         if f.kind == "indicator":
             continue
+        value = _single_column(base, f) if not f.depends else None
+        if value is None:
+            rest.append(f)
+        else:
+            merged[f.name] = value
+    if merged:  # one projection: the database sorts once for all their windows
+        frame = base.mutate(**merged)
+    for f in rest:
         before = set(frame.columns)
         frame = f.fn(frame)
         added = set(frame.columns) - before
@@ -136,6 +146,23 @@ def _apply(frame: ir.Table, feats: Sequence[Feature]) -> ir.Table:
                 f"feature {f.name!r} must add exactly the column {f.name!r}, added {sorted(added)}"
             )
     return frame
+
+
+def _single_column(base: ir.Table, f: Feature) -> ir.Value | None:
+    """The value expression of a feature that is one projection of `base` adding its column
+    (so it can share a projection with others), else None."""
+    out = f.fn(base)
+    op = out.op()
+    if not isinstance(op, ops.Project) or op.parent != base.op():
+        return None
+    if set(op.values) != {*base.columns, f.name}:
+        raise ValueError(
+            f"feature {f.name!r} must add exactly the column {f.name!r}, "
+            f"added {sorted(set(op.values) - set(base.columns))}"
+        )
+    if any(op.values[c] != base[c].op() for c in base.columns):
+        return None  # it also rewrote an input column: apply it on its own
+    return op.values[f.name].to_expr()
 
 
 def _timeline(events: ir.Table, grid: ir.Table) -> ir.Table:
@@ -157,6 +184,30 @@ def _timeline(events: ir.Table, grid: ir.Table) -> ir.Table:
     )
 
 
+def _dense_timeline(events: ir.Table, grid: ir.Table, lookback_ms: int) -> ir.Table:
+    """One row per second and symbol from the first grid time − lookback to the last grid
+    time, the events (stamped at whole seconds) on their second, grid times marked `_at`."""
+    spans = grid.group_by("symbol").aggregate(_lo=grid.ts.min(), _hi=grid.ts.max())
+    first = (spans._lo - lookback_ms) // SECOND_MS * SECOND_MS
+    seconds = spans.select(
+        _s="symbol", _t=ibis.range(first, spans._hi + 1, SECOND_MS).unnest().cast("int64")
+    )
+    marks = grid.select(_gs="symbol", _gt="ts", _mark=ibis.literal(True)).distinct()
+    kinds = {
+        c: t.copy(nullable=True) for c, t in events.schema().items() if c not in ("symbol", "ts")
+    }
+    joined = seconds.left_join(
+        events, [seconds._s == events.symbol, seconds._t == events.ts]
+    ).left_join(marks, [ibis._._s == marks._gs, ibis._._t == marks._gt])
+    return joined.select(
+        symbol=joined._s,
+        ts=joined._t,
+        **{c: joined[c].cast(t) for c, t in kinds.items()},
+        _at=joined._mark.fill_null(False),
+        **{DENSE: ibis.literal(True)},
+    )
+
+
 def _source_plan(source: str, feats: Sequence[Feature]) -> SourcePlan:
     src = SOURCES[source]
     grid = ibis.table(ibis.Schema.from_pyarrow(GRID_SCHEMA), name="grid")
@@ -171,7 +222,11 @@ def _source_plan(source: str, feats: Sequence[Feature]) -> SourcePlan:
             schema = dict(events.schema().items())
             schema.update({f.name: "float64" for f in feats if f.kind == "indicator"})
             events = ibis.table(schema, name=f"events_{source}")
-        if src.frame == "timeline":
+        if src.frame == "timeline" and src.whole_seconds:
+            lookback = max(f.lookback_ms for f in feats)
+            frame = _apply(_dense_timeline(events, grid, lookback), feats)
+            frame = frame.filter(frame._at)
+        elif src.frame == "timeline":
             frame = _timeline(events, grid) if src.grid_rows else events
             frame = _apply(frame, feats)
             frame = frame.filter(frame._at)

@@ -174,7 +174,8 @@ def book_tables(
         tables = {}
         for kind in ("orderbook_snapshots", "orderbook_deltas"):
             files += raw.files(data_dir, kind, [symbol], since_ms, end)
-            tables[kind] = raw.read(data_dir, kind, [symbol], since_ms, end)
+            # stream_messages puts them in processing order
+            tables[kind] = raw.read(data_dir, kind, [symbol], since_ms, end, ordered=False)
         times = grid.filter(pc.equal(grid["symbol"], symbol))["ts"].to_numpy()
         messages = book.stream_messages(
             tables["orderbook_snapshots"], tables["orderbook_deltas"], symbol

@@ -76,7 +76,8 @@ class Source:
     validity_ms: int | None = None
     grid_rows: bool = True
     whole_seconds: bool = False
-    """Grid times must be whole seconds (the source is bucketed by second)."""
+    """Grid times must be whole seconds (the source is bucketed by second). Such a timeline is
+    dense: one row per second (featlib.compute), so time windows are row windows (DENSE)."""
 
 
 def kline_events() -> ir.Table:
@@ -129,6 +130,10 @@ def funding_events() -> ir.Table:
     rows = rows.mutate(_n=first).filter(ibis._._n == 0)
     return rows.select("symbol", "ts", "rate", "next_funding_time")
 
+
+DENSE = "_dense"
+"""Marker column of a dense one-row-per-second timeline (featlib.features.base.within)."""
+SECOND_MS = 1_000
 
 EXACT = dt.Decimal(38, 10)
 """Sums of sizes and notionals are exact decimals: the same total whatever the summation order,

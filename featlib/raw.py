@@ -260,8 +260,10 @@ def read(
     symbols: Sequence[str] | None = None,
     start_ms: int | None = None,
     end_ms: int | None = None,
+    ordered: bool = True,
 ) -> pa.Table:
-    """Stored rows of `kind` in [start_ms, end_ms), ordered by symbol and ts, as Arrow."""
+    """Stored rows of `kind` in [start_ms, end_ms), ordered by symbol and ts (unless not
+    `ordered`: then in no promised order, which spares sorting big rows), as Arrow."""
     con = duckdb.connect()
     try:
         register(con, root, kind, symbols, start_ms, end_ms)
@@ -271,7 +273,8 @@ def read(
         if end_ms is not None:
             where.append(f"ts < make_timestamptz({end_ms} * 1000)")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        table = con.sql(f'SELECT * FROM "{kind}" {clause} ORDER BY symbol, ts').to_arrow_table()
+        order = "ORDER BY symbol, ts" if ordered else ""
+        table = con.sql(f'SELECT * FROM "{kind}" {clause} {order}').to_arrow_table()
         return table.cast(RAW_SCHEMAS[kind])
     finally:
         con.close()
