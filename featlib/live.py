@@ -450,6 +450,7 @@ class LiveEngine:
                             registry_version=self.registry_version,
                             features=features,
                             latency_ms=round(latency, 3),
+                            received_at=received,
                             trace_id=uuid.uuid4().hex,
                             book_desynced=bool(sample and sample.get("desynced")),
                         )

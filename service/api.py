@@ -41,7 +41,9 @@ async def health(request: Request) -> dict[str, Any]:
     """Dependencies' status: broker, raw store, registry, last vector age."""
     state = request.app.state
     pipeline = state.pipeline
-    broker_ok = bool(getattr(state.broker, "_connection", None)) and state.broker_started
+    broker_ok = state.broker_started and all(
+        getattr(b, "_connection", None) for b in (state.broker, state.out_broker)
+    )
     store: Path = state.settings.data_dir
     try:
         store.mkdir(parents=True, exist_ok=True)

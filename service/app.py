@@ -74,8 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         graceful_timeout=5.0,
         logger=log,
     )
+    # vectors leave on a connection of their own: a publish confirm on the consuming
+    # connection would wait behind up to `prefetch` deliveries already on the wire
+    out = RabbitBroker(settings.rabbit_url, graceful_timeout=5.0, logger=log)
     gateway = Gateway(settings)
-    pipeline = LivePipeline(settings, broker, plan, feature_set.version, gateway)
+    pipeline = LivePipeline(settings, broker, plan, feature_set.version, gateway, out=out)
     queues = (
         settings.queue_orderbook,
         settings.queue_trades,
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loaded = await asyncio.to_thread(pipeline.engine.warm_up, settings.data_dir)
             app.state.warmed_up = loaded
             log.info("warm-up from %s: %s", settings.data_dir, loaded or "nothing stored yet")
+        await out.start()
         await broker.start()
         app.state.broker_started = True
         pipeline.start()
@@ -111,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await stop_jobs(app)  # before the broker: a finishing build still publishes
             await pipeline.stop()
             await broker.stop()
+            await out.stop()
             await gateway.close()
 
     app = FastAPI(
@@ -122,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.broker = broker
+    app.state.out_broker = out
     app.state.broker_started = False
     app.state.pipeline = pipeline
     app.state.gateway = gateway
@@ -137,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await dataset_ready.publish(record)
 
     app.state.asyncapi = AsyncAPI(
-        broker, title="featlib", version="0.1.0", description="Queues featlib reads and writes"
+        broker, out, title="featlib", version="0.1.0", description="Queues featlib reads and writes"
     ).to_specification()
     attach(app)
     app.state.on_dataset_ready = publish_dataset_ready

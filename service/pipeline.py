@@ -89,7 +89,9 @@ class LivePipeline:
         plan: Plan,
         registry_version: str,
         gateway: Gateway | None = None,
+        out: RabbitBroker | None = None,
     ):
+        """`out`: the broker (connection) vectors are published on; default `broker`."""
         self.settings = settings
         self.plan = plan
         self.registry_version = registry_version
@@ -100,7 +102,7 @@ class LivePipeline:
             quiet_ms=settings.quiet_ms,
         )
         self.gateway = gateway
-        self.features = broker.publisher(
+        self.features = (out or broker).publisher(
             settings.queue_features,
             schema=FeatureVector,
             title="features.live",

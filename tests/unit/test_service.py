@@ -39,17 +39,18 @@ def candles() -> list[bytes]:
 
 async def _run(app, lines, queue="ws-gateway.kline"):
     broker, pipeline, settings = app.state.broker, app.state.pipeline, app.state.settings
+    out = app.state.out_broker  # vectors leave on their own connection
     dead, vectors = [], []
 
     @broker.subscriber(settings.queue_dead_letter)
     async def collect_dead(message: RabbitMessage) -> None:
         dead.append((message.body, dict(message.headers)))
 
-    @broker.subscriber(settings.queue_features)
+    @out.subscriber(settings.queue_features)
     async def collect_vectors(message: RabbitMessage) -> None:
         vectors.append(orjson.loads(message.body))
 
-    async with TestRabbitBroker(broker) as test:
+    async with TestRabbitBroker(out), TestRabbitBroker(broker) as test:
         for line in lines:
             await test.publish(line, queue=queue)
         await pipeline.drain()
@@ -117,9 +118,16 @@ async def test_http_contract(app, candles):
         ).status_code == 422
         stats = (await client.get("/stats", headers=KEY)).json()
         assert stats["processing"]["counters"]["applied"] == len(candles)
+        # latency: receive of the last contributing message -> publish, for every vector
+        published = stats["processing"]["counters"]["published"]
+        latency = stats["processing"]["latency"]
+        assert published > 0 and latency["count"] == published
+        assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
         assert (await client.get("/stats/nope", headers=KEY)).status_code == 404
         metrics = await client.get("/metrics", headers=KEY)
         assert "featlib_vector_latency_ms_bucket" in metrics.text
+        count = [line for line in metrics.text.splitlines() if "latency_ms_count" in line]
+        assert count and float(count[0].split()[-1]) >= published
         spec = (await client.get("/asyncapi.json", headers=KEY)).json()
         assert {"ws-gateway.kline", "features.live"} <= set(spec["channels"])
         docs = await client.get("/openapi.json")
