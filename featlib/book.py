@@ -242,7 +242,7 @@ def _top(pages, pool, base, side, scale, best, count, out_px, out_sz):
         tick = _scan(pages, pool, base, side, tick - 1 if side == 0 else tick + 1)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _run(book, cursor, scale, msgs, out, ch_ts, ch_desync, undo):
     """Apply messages from cursor[0] on, sampling the book at out[0] (the state after every
     message with ts <= s) and recording best-price changes. Stops before a message the book
@@ -678,6 +678,19 @@ def level_columns(levels: int = 10) -> list[str]:
     return [f"{side}_{i}" for side in _SIDES for i in range(1, levels + 1)]
 
 
+REPLAY_COLUMNS = (
+    "symbol",
+    "ts",
+    "update_id",
+    "depth",
+    "bid_price",
+    "bid_size",
+    "ask_price",
+    "ask_size",
+)
+"""What a replay reads of the raw book rows (the rest of schema.BOOK may be left out)."""
+
+
 def stream_messages(
     snapshots: pa.Table, deltas: pa.Table, symbol: str, depth: int | None = None
 ) -> pa.Table:
@@ -685,7 +698,11 @@ def stream_messages(
     update_id, snapshots first on ties. depth None: the deepest stream present for symbol."""
     parts = []
     for table, is_snapshot in ((snapshots, True), (deltas, False)):
-        rows = table.select(BOOK.names).cast(BOOK)
+        missing = [n for n in REPLAY_COLUMNS if n not in table.column_names]
+        if missing:
+            raise ValueError(f"book messages lack the column(s) {missing}")
+        schema = pa.schema([f for f in BOOK if f.name in table.column_names])
+        rows = table.select(schema.names).cast(schema)
         rows = _only(rows, pc.equal(rows["symbol"], symbol))
         parts.append(rows.append_column("is_snapshot", pa.repeat(is_snapshot, len(rows))))
     both = pa.concat_tables(parts)

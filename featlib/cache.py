@@ -102,6 +102,11 @@ class FeatureCache:
         except (OSError, pa.ArrowInvalid):  # damaged: compute it again (and overwrite it)
             return None
 
+    @property
+    def sql_dir(self) -> Path:
+        """Compiled feature plans (featlib.compute.compiled), keyed by features and code."""
+        return self.root / "sql"
+
     def output_dir(self, key: str) -> Path:
         """Where a whole dataset built under `key` is kept (featlib.dataset)."""
         return self.root / "outputs" / key

@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import ibis
@@ -42,19 +45,33 @@ class UnknownFeatureError(KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourcePlan:
     source: str
     features: tuple[Feature, ...]
     """This source's features (dependencies included), in dependency order."""
-    sql: str
-    """grid -> (symbol, ts, feature columns), one row per grid row, ordered by symbol, ts."""
-    event_sql: str | None
-    """Raw tables -> the events pandas indicators read (only when there are indicators)."""
+    events: ir.Table | None = field(repr=False)
+    """Raw tables -> this source's events (None for the clock). Materialised as the table
+    `events_{source}` (with the pandas indicators' columns appended) before `expr` runs."""
+    expr: ir.Table = field(repr=False)
+    """`events_{source}` and `grid` -> (symbol, ts, feature columns), one row per grid row,
+    ordered by symbol, ts."""
 
     @property
     def indicators(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.kind == "indicator")
+
+    @property
+    def events_table(self) -> str:
+        return f"events_{self.source}"
+
+    @functools.cached_property
+    def sql(self) -> str:
+        return ibis.to_sql(self.expr, dialect="duckdb")
+
+    @functools.cached_property
+    def event_sql(self) -> str | None:
+        return None if self.events is None else ibis.to_sql(self.events, dialect="duckdb")
 
 
 @dataclass(frozen=True)
@@ -126,25 +143,35 @@ def _apply(frame: ir.Table, feats: Sequence[Feature]) -> ir.Table:
                 for f in indicators
             }
         ).drop(*(f"_n{n}" for n in spans))
-    base, merged, rest = frame, {}, []
-    for f in feats:
-        if f.kind == "indicator":
-            continue
-        value = _single_column(base, f) if not f.depends else None
-        if value is None:
-            rest.append(f)
-        else:
-            merged[f.name] = value
-    if merged:  # one projection: the database sorts once for all their windows
-        frame = base.mutate(**merged)
-    for f in rest:
-        before = set(frame.columns)
-        frame = f.fn(frame)
-        added = set(frame.columns) - before
-        if added != {f.name} or not before <= set(frame.columns):
-            raise ValueError(
-                f"feature {f.name!r} must add exactly the column {f.name!r}, added {sorted(added)}"
-            )
+    pending = [f for f in feats if f.kind != "indicator"]
+    while pending:  # in rounds: every feature whose inputs are columns by now
+        ready = [f for f in pending if set(f.depends) <= set(frame.columns)]
+        if not ready:
+            raise ValueError(f"features {[f.name for f in pending]} depend on missing columns")
+        pending = [f for f in pending if f not in ready]
+        base, merged, rest = frame, {}, []
+        for f in ready:
+            value = _single_column(base, f)
+            if value is None:
+                rest.append(f)
+            else:
+                merged[f.name] = value
+        if merged:  # one projection: the database sorts once for all their windows
+            frame = base.mutate(**merged)
+        for f in rest:
+            frame = _add(frame, f)
+    return frame
+
+
+def _add(frame: ir.Table, f: Feature) -> ir.Table:
+    """Apply a feature that is not one projection, checking it adds exactly its column."""
+    before = set(frame.columns)
+    frame = f.fn(frame)
+    added = set(frame.columns) - before
+    if added != {f.name} or not before <= set(frame.columns):
+        raise ValueError(
+            f"feature {f.name!r} must add exactly the column {f.name!r}, added {sorted(added)}"
+        )
     return frame
 
 
@@ -212,16 +239,14 @@ def _source_plan(source: str, feats: Sequence[Feature]) -> SourcePlan:
     src = SOURCES[source]
     grid = ibis.table(ibis.Schema.from_pyarrow(GRID_SCHEMA), name="grid")
     names = [f.name for f in feats]
-    event_sql = None
+    raw_events = None
     if src.frame == "clock":
         frame = _apply(grid, feats)
     else:
-        events = src.events()
-        if any(f.kind == "indicator" for f in feats):  # indicators arrive as materialised columns
-            event_sql = ibis.to_sql(events, dialect="duckdb")
-            schema = dict(events.schema().items())
-            schema.update({f.name: "float64" for f in feats if f.kind == "indicator"})
-            events = ibis.table(schema, name=f"events_{source}")
+        raw_events = src.events()
+        schema = dict(raw_events.schema().items())
+        schema.update({f.name: "float64" for f in feats if f.kind == "indicator"})
+        events = ibis.table(schema, name=f"events_{source}")
         if src.frame == "timeline" and src.whole_seconds:
             lookback = max(f.lookback_ms for f in feats)
             frame = _apply(_dense_timeline(events, grid, lookback), feats)
@@ -245,7 +270,40 @@ def _source_plan(source: str, feats: Sequence[Feature]) -> SourcePlan:
             usable = ((out.ts - out._t) < (src.validity_ms or f.lookback_ms)) & usable
         values[f.name] = ibis.ifelse(usable, value, ibis.null())
     expr = out.select("symbol", "ts", **values).order_by(["symbol", "ts"])
-    return SourcePlan(source, tuple(feats), ibis.to_sql(expr, dialect="duckdb"), event_sql)
+    return SourcePlan(source, tuple(feats), raw_events, expr)
+
+
+def _sql_key(p: Plan) -> str:
+    from featlib.cache import code_hash  # featlib.cache imports this module
+
+    text = "\n".join(["sql-1", ibis.__version__, duckdb.__version__, code_hash(), *p.names])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def compiled(p: Plan, cache_dir: Path | None) -> Plan:
+    """Give the plan its SQL now: from `cache_dir` when compiled before by the same code
+    (compiling a plan of 50 features takes Ibis seconds), else compiled (and stored there)."""
+    if all("sql" in part.__dict__ for part in p.parts):
+        return p
+    if cache_dir is None:
+        for part in p.parts:
+            _ = part.sql, part.event_sql
+        return p
+    path = Path(cache_dir) / f"{_sql_key(p)}.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = None
+    if isinstance(stored, list) and len(stored) == len(p.parts):
+        for part, (sql, event_sql) in zip(p.parts, stored, strict=True):
+            part.__dict__.update(sql=sql, event_sql=event_sql)
+        return p
+    text = json.dumps([[part.sql, part.event_sql] for part in p.parts])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return p
 
 
 @functools.lru_cache(maxsize=64)
@@ -327,24 +385,37 @@ def compute_source(part: SourcePlan, con: duckdb.DuckDBPyConnection) -> pa.Table
     """One source's features at the grid registered on `con` (symbol, ts, features)."""
     if part.event_sql is not None:
         events = run_prepared(con, part.event_sql)
-        con.register(f"events_{part.source}", _indicators(events, part.indicators))
+        if part.indicators:
+            events = _indicators(events, part.indicators)
+        con.register(part.events_table, events)
     return run_prepared(con, part.sql)
 
 
-def compute(p: Plan, con: duckdb.DuckDBPyConnection, grid_table: pa.Table) -> pa.Table:
+def compute(
+    p: Plan,
+    con: duckdb.DuckDBPyConnection,
+    grid_table: pa.Table,
+    pending: Mapping[str, Callable[[], None]] | None = None,
+) -> pa.Table:
     """Features of plan `p` at the grid's (symbol, ts) rows, from the raw tables on `con`.
 
+    `pending`: sources whose tables are still being made (e.g. the book, replayed in another
+    thread): each is computed after the others, once its callable has put its tables on `con`.
     Rows come back ordered by (symbol, ts), one per distinct grid row."""
+    pending = pending or {}
     grid_table = prepare_grid(grid_table)
-    seconds = any(SOURCES[s].whole_seconds for s in p.sources)
+    seconds = sorted(s for s in p.sources if SOURCES[s].whole_seconds)
     if seconds and len(grid_table) and (grid_table["ts"].to_numpy() % 1000).any():
         raise ValueError(
-            "grid times must be whole seconds for trade features (trades are bucketed by second)"
+            f"grid times must be whole seconds for {' and '.join(seconds)} features "
+            "(their events are bucketed by second)"
         )
     con.register("grid", grid_table)
     columns = {"symbol": grid_table["symbol"], "ts": grid_table["ts"]}
     try:
-        for part in p.parts:
+        for part in sorted(p.parts, key=lambda part: part.source in pending):
+            if part.source in pending:
+                pending[part.source]()
             result = compute_source(part, con)
             if len(result) != len(grid_table):
                 raise RuntimeError(

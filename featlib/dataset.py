@@ -19,6 +19,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,7 @@ from featlib.splits import (
     fold_windows,
     split_metadata,
 )
-from featlib.targets import TargetSpec, compute_targets
+from featlib.targets import SOURCE_OF, TargetSpec, compute_targets
 from featlib.timeutil import (
     DAY_MS,
     MINUTE_MS,
@@ -175,7 +176,9 @@ def book_tables(
         for kind in ("orderbook_snapshots", "orderbook_deltas"):
             files += raw.files(data_dir, kind, [symbol], since_ms, end)
             # stream_messages puts them in processing order
-            tables[kind] = raw.read(data_dir, kind, [symbol], since_ms, end, ordered=False)
+            tables[kind] = raw.read(
+                data_dir, kind, [symbol], since_ms, end, ordered=False, columns=book.REPLAY_COLUMNS
+            )
         times = grid.filter(pc.equal(grid["symbol"], symbol))["ts"].to_numpy()
         messages = book.stream_messages(
             tables["orderbook_snapshots"], tables["orderbook_deltas"], symbol
@@ -272,6 +275,16 @@ def _partitions(
             )
             parts.append(_Partition(symbol, lo, hi, key))
     return parts
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
+
+
+def _no_data_warning(names: Sequence[str], source: str, lo: int, hi: int) -> str:
+    affected = [n for n in names if compute.FEATURES[n].source == source]
+    return f"no {source} data stored for {iso(lo)} → {iso(hi)}: {', '.join(affected)} will be null"
 
 
 def _grid_rows(table: pa.Table, symbol: str, lo: int, hi: int) -> pa.Table:
@@ -585,6 +598,7 @@ def build(
         say(f"dataset reused whole from the cache ({len(parts)} feature partitions unchanged)")
         return metadata
     check_history(data_dir, request, needs)
+    compute.compiled(p, cache.sql_dir if cache else None)
     lap("plan")
 
     con = duckdb.connect()
@@ -604,43 +618,57 @@ def build(
             or [grid.slice(0, 0)]
         )
     )
-    if "orderbook" in p.sources:
+    pending: dict[str, Callable[[], None]] = {}
+    if "orderbook" in p.sources and len(todo):
         since = request.start - BOOK_WARMUP_MS
-        for kind in ("orderbook_snapshots", "orderbook_deltas"):
-            used += raw.files(data_dir, kind, request.symbols, since, request.end)
-        samples, changes, _, book_quality = book_tables(data_dir, request.symbols, todo, since)
-        con.register("book_samples", samples)
-        con.register("book_changes", changes)
-        if book_quality["gaps"] or book_quality["desynced_samples"]:
-            warnings.append(
-                f"order book: {book_quality['gaps']} update-id gap(s), "
-                f"{book_quality['desynced_samples']:,} grid rows with a "
-                "desynchronised book (book features null there)"
-            )
+        book_files = [
+            path
+            for kind in ("orderbook_snapshots", "orderbook_deltas")
+            for path in raw.files(data_dir, kind, request.symbols, since, request.end)
+        ]
+        used += book_files
+        if not book_files:
+            warnings.append(_no_data_warning(names, "orderbook", since, request.end))
+        # the replay (numba, without the GIL) runs beside the other sources' queries
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="book-replay")
+        replayed = pool.submit(_timed, book_tables, data_dir, request.symbols, todo, since)
+        pool.shutdown(wait=False)
+
+        def book_ready() -> None:
+            (samples, changes, _, book_quality), seconds = replayed.result()
+            timings["book_replay"] = round(seconds, 4)
+            con.register("book_samples", samples)
+            con.register("book_changes", changes)
+            if book_files and (book_quality["gaps"] or book_quality["desynced_samples"]):
+                warnings.append(
+                    f"order book: {book_quality['gaps']} update-id gap(s), "
+                    f"{book_quality['desynced_samples']:,} grid rows with a "
+                    "desynchronised book (book features null there)"
+                )
+
+        pending["orderbook"] = book_ready
     for source in p.sources:
-        if source not in ("kline", "clock") and not any(
+        if source not in ("kline", "clock", "orderbook") and not any(
             con.execute(f'SELECT 1 FROM "{k}" LIMIT 1').fetchall()
             for k in compute.SOURCES[source].raw
         ):
-            affected = [n for n in names if compute.FEATURES[n].source == source]
-            warnings.append(
-                f"no {source} data stored for {iso(read_from)} → {iso(read_to)}: "
-                f"{', '.join(affected)} will be null"
-            )
+            warnings.append(_no_data_warning(names, source, read_from, read_to))
     lap("load")
 
     if cache is None:
-        features = compute.compute(p, con, todo)
+        features = compute.compute(p, con, todo, pending)
     else:
         if missing:
-            computed = compute.compute(p, con, todo)
+            computed = compute.compute(p, con, todo, pending)
             for part in missing:
                 cached[part.key] = _grid_rows(computed, part.symbol, part.lo, part.hi)
                 cache.put(part.key, cached[part.key])
         features = pa.concat_tables([cached[part.key] for part in parts])
         say(f"feature partitions: {len(parts) - len(missing)} reused, {len(missing)} computed")
     lap("features")
-    targets = compute_targets(request.target, con, grid)
+    # the price events compute just derived from the same raw rows, when it ran
+    reuse = SOURCE_OF[request.target.price] in p.sources and (cache is None or bool(missing))
+    targets = compute_targets(request.target, con, grid, reuse_events=reuse)
     con.close()
     if features["ts"] != targets["ts"] or features["symbol"] != targets["symbol"]:
         raise RuntimeError("features and targets are not aligned on the grid")
@@ -675,7 +703,7 @@ def build(
         rows = rows.sort_by([("ts", "ascending"), ("symbol", "ascending")])
         name = f"fold={part.fold}/{part.split}.parquet" if walk else f"{part.split}.parquet"
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, tmp / name, compression="zstd")
+        pq.write_table(rows, tmp / name, compression="zstd", use_dictionary=["symbol"])
         files[(part.fold, part.split)] = name
     folds = fold_table(assignment)
     counts = (

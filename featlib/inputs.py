@@ -30,6 +30,27 @@ def isfinite(x: dt.float64) -> dt.boolean:  # type: ignore[empty-body]
     """DuckDB's isfinite(double): false for NaN and ±inf, null for null."""
 
 
+@ibis.udf.agg.builtin(name="arg_max")
+def _arg_max_float(arg: dt.float64, key: dt.int64) -> dt.float64:  # type: ignore[empty-body]
+    """DuckDB's arg_max(arg, key) on doubles."""
+
+
+@ibis.udf.agg.builtin(name="arg_max")
+def _arg_max_int(arg: dt.int64, key: dt.int64) -> dt.int64:  # type: ignore[empty-body]
+    """DuckDB's arg_max(arg, key) on integers."""
+
+
+def arg_max(arg: ir.Value, key: ir.Value) -> ir.Value:
+    """`arg` at the row of the largest `key`, rows where either is null left out (DuckDB's
+    arg_max: a plain aggregate, where Ibis's argmax compiles to an ordered FIRST that windows
+    evaluate per frame, several times slower)."""
+    if arg.type().is_floating():
+        return _arg_max_float(arg, key)
+    if arg.type().is_integer():
+        return _arg_max_int(arg.cast("int64"), key)
+    raise TypeError(f"arg_max takes numbers, got {arg.type()}")
+
+
 BOOK_LEVELS = 10
 _SIDES = ("bid_px", "bid_sz", "ask_px", "ask_sz")
 BOOK_LEVEL_COLUMNS = tuple(f"{side}_{i}" for side in _SIDES for i in range(1, BOOK_LEVELS + 1))
@@ -181,27 +202,20 @@ def trade_bars() -> ir.Table:
 
 
 def book_events() -> ir.Table:
-    """Book samples at grid times (`_at`) and best-price changes between them, in one table."""
+    """The book per whole second k: its levels as sampled at k (grid times) and `_change`, the
+    best bid or ask price changes in (k − 1 s, k] (those while desynchronised not counted)."""
     s = raw_table("book_samples")
     c = raw_table("book_changes")
-    levels = {col: s[col] for col in BOOK_LEVEL_COLUMNS}
-    samples = s.select(
-        "symbol",
-        "ts",
-        **levels,
-        desynced=s.desynced,
-        _at=ibis.literal(True),
-        _change=ibis.literal(0),
+    c = c.mutate(_k=((c.ts + 999) // SECOND_MS) * SECOND_MS, _n=ibis.ifelse(c.desynced, 0, 1))
+    bars = c.group_by([c.symbol, c._k]).aggregate(_change=c._n.sum()).rename(_s="symbol")
+    both = s.outer_join(bars, [s.symbol == bars._s, s.ts == bars._k])
+    return both.select(
+        symbol=ibis.coalesce(both.symbol, both._s),
+        ts=ibis.coalesce(both.ts, both._k),
+        **{col: both[col] for col in BOOK_LEVEL_COLUMNS},
+        desynced=both.desynced,
+        _change=both._change.fill_null(0),
     )
-    changes = c.select(
-        "symbol",
-        "ts",
-        **{col: ibis.null("float64") for col in levels},
-        desynced=c.desynced,
-        _at=ibis.literal(False),
-        _change=ibis.ifelse(c.desynced, 0, 1),
-    )
-    return samples.union(changes)
 
 
 SOURCES: dict[str, Source] = {
@@ -209,7 +223,7 @@ SOURCES: dict[str, Source] = {
     "funding": Source("funding", ("funding", "ticker"), funding_events, "timeline"),
     "trades": Source("trades", ("trades",), trade_bars, "timeline", whole_seconds=True),
     "orderbook": Source(
-        "orderbook", ("book_samples", "book_changes"), book_events, "timeline", grid_rows=False
+        "orderbook", ("book_samples", "book_changes"), book_events, "timeline", whole_seconds=True
     ),
     "clock": Source("clock", (), None, "clock"),
 }

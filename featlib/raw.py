@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -218,6 +219,16 @@ def files(
     return found
 
 
+def _require_readable(paths: Sequence[Path]) -> None:
+    bad = unreadable(paths)
+    if bad:
+        listing = "; ".join(f"{p}: {why}" for p, why in bad.items())
+        raise RawStoreError(
+            f"{len(bad)} unreadable parquet file(s) in the raw store: {listing}. Move them "
+            f"aside (featlib.raw.quarantine) or re-ingest the data they held."
+        )
+
+
 def register(
     con: duckdb.DuckDBPyConnection,
     root: Path,
@@ -237,13 +248,7 @@ def register(
     if not paths:
         con.register(name, RAW_SCHEMAS[kind].empty_table())
         return paths
-    bad = unreadable(paths)
-    if bad:
-        listing = "; ".join(f"{p}: {why}" for p, why in bad.items())
-        raise RawStoreError(
-            f"{len(bad)} unreadable parquet file(s) in the raw store: {listing}. Move them "
-            f"aside (featlib.raw.quarantine) or re-ingest the data they held."
-        )
+    _require_readable(paths)
     listing = ", ".join(f"'{p}'" for p in paths)
     columns = ", ".join(f'"{c}"' for c in RAW_SCHEMAS[kind].names)
     con.execute(
@@ -261,23 +266,52 @@ def read(
     start_ms: int | None = None,
     end_ms: int | None = None,
     ordered: bool = True,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
     """Stored rows of `kind` in [start_ms, end_ms), ordered by symbol and ts (unless not
-    `ordered`: then in no promised order, which spares sorting big rows), as Arrow."""
-    con = duckdb.connect()
-    try:
-        register(con, root, kind, symbols, start_ms, end_ms)
-        where = []
-        if start_ms is not None:
-            where.append(f"ts >= make_timestamptz({start_ms} * 1000)")
-        if end_ms is not None:
-            where.append(f"ts < make_timestamptz({end_ms} * 1000)")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        order = "ORDER BY symbol, ts" if ordered else ""
-        table = con.sql(f'SELECT * FROM "{kind}" {clause} {order}').to_arrow_table()
-        return table.cast(RAW_SCHEMAS[kind])
-    finally:
-        con.close()
+    `ordered`: then in file order, which spares sorting big rows), as Arrow with the canonical
+    schema (or its `columns`, `symbol` and `ts` always included). Unreadable part files raise
+    RawStoreError naming each file."""
+    schema = RAW_SCHEMAS[kind]
+    names = schema.names if columns is None else list(dict.fromkeys(["symbol", "ts", *columns]))
+    want = pa.schema([schema.field(n) for n in names])
+    paths = files(root, kind, symbols, start_ms, end_ms)
+    _require_readable(paths)
+    parts = []
+    for path in paths:  # pyarrow reads list columns (book levels) several times faster
+        stored = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[n for n in names if n in stored])
+        table = _within(table, start_ms, end_ms)
+        symbol = path.parent.name.removeprefix("symbol=")
+        columns_ = {
+            n: (
+                pa.repeat(pa.scalar(symbol), len(table))
+                if n == "symbol"
+                else table[n]
+                if n in stored
+                else pa.nulls(len(table), want.field(n).type)
+            )
+            for n in names
+        }
+        parts.append(pa.table(columns_).cast(want))
+    table = pa.concat_tables(parts) if parts else want.empty_table()
+    if ordered and len(table):
+        table = table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
+    return table
+
+
+def _within(table: pa.Table, start_ms: int | None, end_ms: int | None) -> pa.Table:
+    """Rows with start_ms <= ts < end_ms: a slice (no copy of list columns) when the file is
+    in time order, as the writers store it, else a filter."""
+    if start_ms is None and end_ms is None:
+        return table
+    ts = table["ts"].cast(pa.int64()).to_numpy()
+    lo = -(1 << 63) if start_ms is None else start_ms
+    hi = (1 << 63) - 1 if end_ms is None else end_ms
+    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        first, last = np.searchsorted(ts, [lo, hi])
+        return table if (first, last) == (0, len(ts)) else table.slice(first, last - first)
+    return table.filter(pa.array((ts >= lo) & (ts < hi)))
 
 
 def symbols(root: Path, kind: str) -> list[str]:

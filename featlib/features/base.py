@@ -25,7 +25,7 @@ import ibis
 import ibis.expr.types as ir
 import pandas as pd
 
-from featlib.inputs import DENSE, SECOND_MS
+from featlib.inputs import DENSE, SECOND_MS, arg_max
 from featlib.timeutil import parse_duration
 
 SOURCES = ("kline", "trades", "orderbook", "ticker", "funding")
@@ -145,9 +145,31 @@ def within(t: ir.Table, span_ms: int, until_ms: int = 0) -> Any:
 
 
 def latest(t: ir.Table, column: str, span_ms: int, until_ms: int = 0) -> ir.Value:
-    """The latest non-null `column` with event time in (ts − until − span, ts − until]."""
+    """The latest non-null `column` with event time in (ts − until − span, ts − until].
+
+    On a dense timeline a frame of rows; on an event timeline (events and grid rows, `_at`) the
+    newest value up to this row, null unless it is within the span: the same value, with a
+    running frame the database evaluates in one pass where a span of time costs a search and a
+    tree per row. Grid rows sort after events of the same time, which they see."""
     key = ibis.ifelse(t[column].notnull(), t.ts, ibis.null())
-    return t[column].argmax(key).over(within(t, span_ms, until_ms))
+    if DENSE in t.columns:
+        return arg_max(t[column], key).over(within(t, span_ms, until_ms))
+    if until_ms or "_at" not in t.columns:
+        raise ValueError("latest() on an event timeline reads up to the row itself (`_at` rows)")
+    upto = ibis.window(group_by=t.symbol, order_by=[t.ts, t._at], rows=(None, 0))
+    return ibis.ifelse(
+        key.max().over(upto) > t.ts - span_ms, arg_max(t[column], key).over(upto), ibis.null()
+    )
+
+
+def seconds_ago(t: ir.Table, value: ir.Value, seconds: int) -> ir.Value:
+    """`value` as it was `seconds` earlier: on a dense timeline (one row per second), the row
+    that many rows back."""
+    if DENSE not in t.columns:
+        raise ValueError("seconds_ago() needs a dense one-row-per-second timeline")
+    if not seconds:
+        return value
+    return value.lag(seconds).over(ibis.window(group_by=t.symbol, order_by=t.ts))
 
 
 def when_complete(count: ir.IntegerValue, needed: int, value: ir.Value) -> ir.Value:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ibis
 import ibis.expr.types as ir
 
-from featlib.features.base import feature, latest, within
+from featlib.features.base import feature, latest, seconds_ago, within
 
 FEED_MS = 300_000
 SECOND = 1_000
@@ -46,13 +46,15 @@ def _vwap(t: ir.Table, name: str, seconds: int) -> ir.Table:
     return t.mutate(**{name: value})
 
 
-def price_at(t: ir.Table, seconds_ago: int = 0) -> ir.Value:
-    """Last trade price as of t − seconds_ago (latest bar in the 5 minutes before it)."""
-    return latest(t, "last_price", FEED_MS, seconds_ago * SECOND)
-
-
 def _returns(t: ir.Table, name: str, seconds: int) -> ir.Table:
-    return t.mutate(**{name: price_at(t) / price_at(t, seconds) - 1})
+    price = t.last_trade_price
+    return t.mutate(**{name: price / seconds_ago(t, price, seconds) - 1})
+
+
+@feature(source="trades", lookback="5m")
+def last_trade_price(t: ir.Table) -> ir.Table:
+    """Price of the latest trade in (t − 5 min, t]; price units; null without one (no feed)."""
+    return t.mutate(last_trade_price=latest(t, "last_price", FEED_MS))
 
 
 @feature(source="trades", lookback="5m", params={"seconds": 3})
@@ -130,31 +132,30 @@ def net_aggressor_pressure(t: ir.Table) -> ir.Table:
     return t.mutate(net_aggressor_pressure=value)
 
 
-@feature(source="trades", lookback="301s", params={"seconds": 1})
+@feature(source="trades", lookback="301s", params={"seconds": 1}, depends=("last_trade_price",))
 def returns_1s(t: ir.Table) -> ir.Table:
     """Last trade price at t / at t − 1 s − 1 (each within 5 min before); unitless."""
     return _returns(t, "returns_1s", 1)
 
 
-@feature(source="trades", lookback="303s", params={"seconds": 3})
+@feature(source="trades", lookback="303s", params={"seconds": 3}, depends=("last_trade_price",))
 def returns_3s(t: ir.Table) -> ir.Table:
     """Last trade price at t / at t − 3 s − 1 (each within 5 min before); unitless."""
     return _returns(t, "returns_3s", 3)
 
 
-@feature(source="trades", lookback="6m", params={"seconds": 60})
+@feature(source="trades", lookback="6m", params={"seconds": 60}, depends=("last_trade_price",))
 def returns_1m(t: ir.Table) -> ir.Table:
     """Last trade price at t / at t − 1 m − 1 (each within 5 min before); unitless."""
     return _returns(t, "returns_1m", 60)
 
 
-@feature(source="trades", lookback="6m", params={"seconds": 60})
+@feature(source="trades", lookback="6m", params={"seconds": 60}, depends=("last_trade_price",))
 def volatility_1m(t: ir.Table) -> ir.Table:
     """Sample std (ddof 1) of bar-to-bar returns of the last trade price over bars in
     (t − 1 m, t] (each bar vs the previous bar within 5 min); unitless, ≥ 0; needs 2 bars."""
-    r = t.mutate(
-        _r=ibis.ifelse(t.last_price.notnull(), t.last_price / price_at(t, 1) - 1, ibis.null())
-    )
+    before = seconds_ago(t, t.last_trade_price, 1)
+    r = t.mutate(_r=ibis.ifelse(t.last_price.notnull(), t.last_price / before - 1, ibis.null()))
     w = within(r, 60 * SECOND)
     vol = ibis.ifelse(r._r.count().over(w) >= 2, r._r.std(how="sample").over(w), ibis.null())
     return r.mutate(volatility_1m=vol).drop("_r")

@@ -18,8 +18,12 @@ _AHEAD = re.compile(r"(UNBOUNDED|\d+)\s+FOLLOWING", re.IGNORECASE)
 def test_no_window_reaches_past_the_current_row(name):
     plan = compute.plan([name])
     sql = plan.sql + "\n".join(p.event_sql for p in plan.parts if p.event_sql)
-    # ROW_NUMBER (dedupe by key) ignores frames; Ibis prints a full one for it
+    # ROW_NUMBER (dedupe by key) and LAG (an earlier row) ignore frames; Ibis prints a full one
     sql = re.sub(r"ROW_NUMBER\(\) OVER \(.*?\)", "", sql, flags=re.S)
+    lags = re.findall(r"LAG\(\s*[^,]+,\s*(-?\d+).*?\) OVER \(.*?\)", sql, flags=re.S)
+    assert all(int(n) > 0 for n in lags), lags  # rows before this one, never after
+    assert not re.search(r"\bLEAD\(", sql, re.I)
+    sql = re.sub(r"LAG\(.*?\) OVER \(.*?\)", "", sql, flags=re.S)
     # a frame may end at the current row or before it (a lagged value), never after it
     ends = re.findall(r"(?:ROWS|RANGE) BETWEEN .+? AND\s+(.+?)\s*\)", sql, re.S)
     assert all(re.fullmatch(r"CURRENT ROW|\d+ preceding", e, re.I) for e in ends), ends
@@ -50,3 +54,24 @@ def test_plan_orders_dependencies_and_keeps_requested_columns():
 def test_unknown_feature_is_refused():
     with pytest.raises(compute.UnknownFeatureError, match="unknown feature 'nope'"):
         compute.plan(["nope"])
+
+
+def test_compiled_plans_are_kept_on_disk(tmp_path, monkeypatch):
+    names = ("returns_5m", "funding_rate", "rsi_14")
+    first = compute.compiled(compute._plan.__wrapped__(names), tmp_path)
+    (stored,) = tmp_path.glob("*.json")
+    expected = [(part.sql, part.event_sql) for part in first.parts]
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled again instead of read from the cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compute.ibis, "to_sql", no_compiling)
+        again = compute.compiled(compute._plan.__wrapped__(names), tmp_path)
+        assert [(part.sql, part.event_sql) for part in again.parts] == expected
+    stored.write_text("{not json")  # a damaged entry is compiled again and replaced
+    mended = compute.compiled(compute._plan.__wrapped__(names), tmp_path)
+    assert [(part.sql, part.event_sql) for part in mended.parts] == expected
+    assert stored.read_text().startswith("[[")
+    other = compute.compiled(compute._plan.__wrapped__(("returns_5m",)), tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2 and other.parts[0].sql != expected[0][0]
