@@ -22,9 +22,10 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import ibis
@@ -33,6 +34,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pyarrow as pa
 
+from featlib import local
 from featlib.features import FEATURES, Feature
 from featlib.features.base import candles
 from featlib.inputs import DENSE, SECOND_MS, SOURCES, isfinite
@@ -72,6 +74,23 @@ class SourcePlan:
     @functools.cached_property
     def event_sql(self) -> str | None:
         return None if self.events is None else ibis.to_sql(self.events, dialect="duckdb")
+
+    @functools.cached_property
+    def local_expr(self) -> local.Executor:
+        """`expr` for featlib.local (in-memory tables)."""
+        return local.Executor(self.expr)
+
+    @functools.cached_property
+    def local_events(self) -> local.Executor:
+        return local.Executor(self.events)
+
+    @functools.cached_property
+    def events_schema(self) -> dict[str, Any]:
+        return dict(self.events.schema().items())
+
+    @functools.cached_property
+    def output_schema(self) -> dict[str, Any]:
+        return dict(self.expr.schema().items())
 
 
 @dataclass(frozen=True)
@@ -393,14 +412,19 @@ def compute_source(part: SourcePlan, con: duckdb.DuckDBPyConnection) -> pa.Table
 
 def compute(
     p: Plan,
-    con: duckdb.DuckDBPyConnection,
+    source: duckdb.DuckDBPyConnection | Mapping[str, pa.Table | local.Frame],
     grid_table: pa.Table,
     pending: Mapping[str, Callable[[], None]] | None = None,
 ) -> pa.Table:
-    """Features of plan `p` at the grid's (symbol, ts) rows, from the raw tables on `con`.
+    """Features of plan `p` at the grid's (symbol, ts) rows.
 
-    `pending`: sources whose tables are still being made (e.g. the book, replayed in another
-    thread): each is computed after the others, once its callable has put its tables on `con`.
+    `source`: a DuckDB connection on which the raw tables are visible under their names (the
+    dataset builder: Parquet through DuckDB), or the tables themselves, by name, in memory (the
+    live service: its buffers, run by featlib.local on the same expressions). An in-memory
+    `events_{source}` table is taken as that source's events as given (the live service keeps
+    them incrementally). `pending` (DuckDB only): sources whose tables are still being made
+    (e.g. the book, replayed in another thread): each is computed after the others, once its
+    callable has put its tables on the connection.
     Rows come back ordered by (symbol, ts), one per distinct grid row."""
     pending = pending or {}
     grid_table = prepare_grid(grid_table)
@@ -410,18 +434,52 @@ def compute(
             f"grid times must be whole seconds for {' and '.join(seconds)} features "
             "(their events are bucketed by second)"
         )
-    con.register("grid", grid_table)
     columns = {"symbol": grid_table["symbol"], "ts": grid_table["ts"]}
+    if isinstance(source, Mapping):
+        results = _compute_local(p, source, grid_table)
+    else:
+        results = _compute_duckdb(p, source, grid_table, pending)
+    for part, result in results:
+        if len(result) != len(grid_table):
+            raise RuntimeError(f"{part.source}: {len(result)} rows for {len(grid_table)} grid rows")
+        columns.update({f.name: result[f.name] for f in part.features})
+    return pa.table({name: columns[name] for name in ("symbol", "ts", *p.names)})
+
+
+def _compute_duckdb(
+    p: Plan,
+    con: duckdb.DuckDBPyConnection,
+    grid_table: pa.Table,
+    pending: Mapping[str, Callable[[], None]],
+) -> Iterator[tuple[SourcePlan, pa.Table]]:
+    con.register("grid", grid_table)
     try:
         for part in sorted(p.parts, key=lambda part: part.source in pending):
             if part.source in pending:
                 pending[part.source]()
-            result = compute_source(part, con)
-            if len(result) != len(grid_table):
-                raise RuntimeError(
-                    f"{part.source}: {len(result)} rows for {len(grid_table)} grid rows"
-                )
-            columns.update({f.name: result[f.name] for f in part.features})
+            yield part, compute_source(part, con)
     finally:
         con.unregister("grid")
-    return pa.table({name: columns[name] for name in ("symbol", "ts", *p.names)})
+
+
+def _compute_local(
+    p: Plan, tables: Mapping[str, pa.Table | local.Frame], grid_table: pa.Table
+) -> Iterator[tuple[SourcePlan, pa.Table]]:
+    frames = {
+        name: table if isinstance(table, local.Frame) else local.from_arrow(table)
+        for name, table in tables.items()
+    }
+    frames["grid"] = local.from_arrow(grid_table)
+    for part in p.parts:
+        if part.events is not None and part.events_table not in frames:
+            frames[part.events_table] = local_events(part, frames)
+        yield part, local.to_arrow(part.local_expr(frames), part.output_schema)
+
+
+def local_events(part: SourcePlan, frames: Mapping[str, local.Frame]) -> local.Frame:
+    """One source's events (indicator columns included) from in-memory raw tables."""
+    events = part.local_events(frames)
+    if part.indicators:
+        table = _indicators(local.to_arrow(events, part.events_schema), part.indicators)
+        events = local.from_arrow(table)
+    return events

@@ -59,3 +59,21 @@ def capture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def capture_tables(capture_store: Path) -> dict[str, pa.Table]:
     return {kind: raw.read(capture_store, kind) for kind in raw.RAW_SCHEMAS}
+
+
+@pytest.fixture(scope="session")
+def real_captures(capture_tables, tmp_path_factory) -> dict[str, tuple]:
+    """The real captures as raw tables with the span of their book:
+    name -> (tables, symbol, first book ts, last book ts)."""
+    found = {"BTCUSDT-2023-04-05": (capture_tables, "BTCUSDT")}
+    for name, relative, symbol in (
+        ("BTCUSDT-2024-07-18", CAPTURE_2024_BTC, "BTCUSDT"),
+        ("ETHUSDT-2024-07-18", CAPTURE_2024_ETH, "ETHUSDT"),
+    ):
+        root = _ingested(tmp_path_factory, name, relative)
+        found[name] = ({kind: raw.read(root, kind) for kind in raw.RAW_SCHEMAS}, symbol)
+    out = {}
+    for name, (tables, symbol) in found.items():
+        ts = tables["orderbook_deltas"]["ts"].cast("int64").to_pylist()
+        out[name] = (tables, symbol, min(ts), max(ts))
+    return out

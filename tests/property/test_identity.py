@@ -16,11 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featlib import checks, raw, registry
-from featlib.capture import ingest, read_lines
+from featlib import checks, registry
 from featlib.features import FEATURES
 from featlib.features.base import feature
-from tests.conftest import CAPTURE_2024_BTC, CAPTURE_2024_ETH, shared
 
 ALL = sorted({name for v in registry.versions() for name in registry.load(v).names})
 CANDLE_OR_CLOCK = [n for n in ALL if FEATURES[n].source in ("kline", "clock")]
@@ -28,21 +26,8 @@ JAN = (1_641_081_600_000, 1_643_673_600_000)  # 2022-01-02 .. 2022-02-01 UTC
 
 
 @pytest.fixture(scope="module")
-def captures(capture_tables, tmp_path_factory):
-    """Real captures as raw tables with the span of their book: (tables, symbol, first, last)."""
-    found = {"BTCUSDT-2023-04-05": (capture_tables, "BTCUSDT")}
-    for name, relative, symbol in (
-        ("BTCUSDT-2024-07-18", CAPTURE_2024_BTC, "BTCUSDT"),
-        ("ETHUSDT-2024-07-18", CAPTURE_2024_ETH, "ETHUSDT"),
-    ):
-        root = tmp_path_factory.mktemp(name)
-        ingest(root, read_lines(shared(relative)))
-        found[name] = ({kind: raw.read(root, kind) for kind in raw.RAW_SCHEMAS}, symbol)
-    out = {}
-    for name, (tables, symbol) in found.items():
-        ts = tables["orderbook_deltas"]["ts"].cast("int64").to_pylist()
-        out[name] = (tables, symbol, min(ts), max(ts))
-    return out
+def captures(real_captures):
+    return real_captures
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
