@@ -58,6 +58,9 @@ class SourcePlan:
     expr: ir.Table = field(repr=False)
     """`events_{source}` and `grid` -> (symbol, ts, feature columns), one row per grid row,
     ordered by symbol, ts."""
+    frame: ir.Table | None = field(repr=False, default=None)
+    """Asof sources: the features at every event (_s, _t, features), which `expr` joins to the
+    grid; it reads the events alone, so the live service keeps it between ticks."""
 
     @property
     def indicators(self) -> tuple[Feature, ...]:
@@ -85,8 +88,24 @@ class SourcePlan:
         return local.Executor(self.events)
 
     @functools.cached_property
+    def local_frame(self) -> local.Executor:
+        return local.Executor(self.frame)
+
+    @functools.cached_property
     def events_schema(self) -> dict[str, Any]:
         return dict(self.events.schema().items())
+
+    @functools.cached_property
+    def events_input_schema(self) -> dict[str, Any]:
+        """`events_{source}` as `expr` reads it: the events plus the indicators' columns."""
+        return {
+            **self.events_schema,
+            **{f.name: ibis.dtype("float64") for f in self.indicators},
+        }
+
+    @functools.cached_property
+    def frame_schema(self) -> dict[str, Any]:
+        return dict(self.frame.schema().items())
 
     @functools.cached_property
     def output_schema(self) -> dict[str, Any]:
@@ -289,7 +308,9 @@ def _source_plan(source: str, feats: Sequence[Feature]) -> SourcePlan:
             usable = ((out.ts - out._t) < (src.validity_ms or f.lookback_ms)) & usable
         values[f.name] = ibis.ifelse(usable, value, ibis.null())
     expr = out.select("symbol", "ts", **values).order_by(["symbol", "ts"])
-    return SourcePlan(source, tuple(feats), raw_events, expr)
+    return SourcePlan(
+        source, tuple(feats), raw_events, expr, frame if src.frame == "asof" else None
+    )
 
 
 def _sql_key(p: Plan) -> str:
@@ -420,11 +441,12 @@ def compute(
 
     `source`: a DuckDB connection on which the raw tables are visible under their names (the
     dataset builder: Parquet through DuckDB), or the tables themselves, by name, in memory (the
-    live service: its buffers, run by featlib.local on the same expressions). An in-memory
+    live service: its buffers, run by featlib.local on the same expressions). In memory, an
     `events_{source}` table is taken as that source's events as given (the live service keeps
-    them incrementally). `pending` (DuckDB only): sources whose tables are still being made
-    (e.g. the book, replayed in another thread): each is computed after the others, once its
-    callable has put its tables on the connection.
+    them incrementally), and a `frame_{source}` table as an asof source's features at its
+    events (SourcePlan.frame, kept between ticks). `pending` (DuckDB only): sources whose
+    tables are still being made (e.g. the book, replayed in another thread): each is computed
+    after the others, once its callable has put its tables on the connection.
     Rows come back ordered by (symbol, ts), one per distinct grid row."""
     pending = pending or {}
     grid_table = prepare_grid(grid_table)
@@ -473,7 +495,9 @@ def _compute_local(
     for part in p.parts:
         if part.events is not None and part.events_table not in frames:
             frames[part.events_table] = local_events(part, frames)
-        yield part, local.to_arrow(part.local_expr(frames), part.output_schema)
+        kept = frames.get(f"frame_{part.source}") if part.frame is not None else None
+        seed = {part.frame.op(): kept} if kept is not None else None
+        yield part, local.to_arrow(part.local_expr(frames, seed), part.output_schema)
 
 
 def local_events(part: SourcePlan, frames: Mapping[str, local.Frame]) -> local.Frame:

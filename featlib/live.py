@@ -11,8 +11,16 @@ has been silent for `quiet_ms` of wall time (so a quiet or unsubscribed stream c
 others; `release()` re-checks on a timer), and
 then it holds exactly the events with timestamps <= t: the batch builder's definition. The
 book is sampled at t when its stream crosses t (before the first message after t is applied),
-so its state is the state at t. Buffers keep each raw table for the plan's lookback, and the
-vectors come from featlib.compute over them: one code path with the dataset builder.
+so its state is the state at t.
+
+Computing is featlib.compute over in-memory tables, run by featlib.local on the plan's own
+expressions: one code path with the dataset builder. Three things are kept between ticks so a
+tick costs a millisecond or two: each source's events (trade bars, candles, funding, book
+seconds), derived once per new stretch of raw rows, (t_done, t] — every source's events are
+local in time, a stretch's events depend on that stretch's rows only (tests/unit/test_live.py
+checks it) — and a raw row arriving for a stretch already derived has that source's events
+derived again; the pandas indicators over a symbol's candles, recomputed when a candle
+arrives; and the candle features at every candle (SourcePlan.frame), which the grid joins.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from featlib import compute, raw
+from featlib import compute, local, raw
 from featlib.bybit import Parsed
-from featlib.inputs import DERIVED_SCHEMAS, TABLE_SCHEMAS
+from featlib.inputs import DERIVED_SCHEMAS
 from featlib.schema import RAW_KEYS, RAW_SCHEMAS
 
 SECOND = 1_000
@@ -74,37 +82,100 @@ class FeatureVector(BaseModel):
     book_desynced: bool = False
 
 
-@dataclass
-class _Buffer:
-    """Rows of one raw table for one symbol: Arrow chunks plus rows not yet converted."""
+class _Rows:
+    """Kept rows of one table of one symbol, as numpy columns grown by doubling and trimmed
+    from the front (`frame()` is a view of the kept rows, in time order)."""
 
-    schema: pa.Schema
-    chunks: deque[pa.Table] = field(default_factory=deque)
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.values: dict[str, np.ndarray] = {}
+        self.valid: dict[str, np.ndarray] = {}
+        self.start = 0
+        self.end = 0
+        self.done: int | None = None
+        """Rows are derived for every time <= done (None: none yet)."""
 
-    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        self.pending.extend(rows)
+    def __len__(self) -> int:
+        return self.end - self.start
 
-    def table(self, keep_after_ms: int) -> pa.Table:
-        if self.pending:
-            self.chunks.append(pa.Table.from_pylist(self.pending, schema=self.schema))
-            self.pending = []
-        while self.chunks and _max_ts(self.chunks[0]) <= keep_after_ms:
-            self.chunks.popleft()
-        if not self.chunks:
-            return self.schema.empty_table()
-        return pa.concat_tables(self.chunks)
+    def clear(self) -> None:
+        self.__init__()
 
+    def append(self, frame: local.Frame) -> None:
+        if not frame.n:
+            return
+        if not self.values:
+            for name, col in frame.columns.items():
+                shape = col.values.shape[1:] if col.values.ndim > 1 else ()
+                self.values[name] = np.empty((max(64, frame.n), *shape), col.values.dtype)
+                self.valid[name] = np.empty(max(64, frame.n), np.bool_)
+        size = next(iter(self.values.values())).shape[0]
+        if self.end + frame.n > size:
+            self._grow(self.end + frame.n)
+        for name, col in frame.columns.items():
+            self.values[name][self.end : self.end + frame.n] = local._full_values(col, frame.n)
+            self.valid[name][self.end : self.end + frame.n] = col.mask(frame.n)
+        self.end += frame.n
 
-def _max_ts(table: pa.Table) -> int:
-    ts = table["ts"]
-    return int(ts.cast(pa.int64()).to_numpy().max()) if len(ts) else -1
+    def _grow(self, needed: int) -> None:
+        kept = self.end - self.start
+        size = max(64, 2 * (kept + needed - self.end))
+        for name in self.values:
+            old, mask = self.values[name], self.valid[name]
+            self.values[name] = np.empty((size, *old.shape[1:]), old.dtype)
+            self.values[name][:kept] = old[self.start : self.end]
+            self.valid[name] = np.empty(size, np.bool_)
+            self.valid[name][:kept] = mask[self.start : self.end]
+        self.start, self.end = 0, kept
+
+    def replace(self, after_ms: int, upto_ms: int, frame: local.Frame) -> bool:
+        """Put `frame` in place of the rows with after_ms < ts <= upto_ms; whether it changed
+        anything."""
+        old = self.frame()
+        ts = old.columns["ts"].values if old.n else np.zeros(0, np.int64)
+        lo, hi = np.searchsorted(ts, [after_ms + 1, upto_ms + 1])
+        if hi == lo and not frame.n:
+            return False
+        parts = [old.take(np.arange(lo)), frame, old.take(np.arange(hi, old.n))]
+        self.values, self.valid, self.start, self.end = {}, {}, 0, 0
+        for part in parts:
+            self.append(part)
+        return True
+
+    def trim(self, before_ms: int) -> None:
+        """Forget rows with ts < before_ms."""
+        if self.values:
+            ts = self.values["ts"][self.start : self.end]
+            self.start += int(np.searchsorted(ts, before_ms, side="left"))
+
+    def frame(self, since_ms: int | None = None) -> local.Frame:
+        if not self.values:
+            return local.Frame({}, 0)
+        start = self.start
+        if since_ms is not None:
+            ts = self.values["ts"][self.start : self.end]
+            start += int(np.searchsorted(ts, since_ms, side="left"))
+        columns = {}
+        for name, values in self.values.items():
+            valid = self.valid[name][start : self.end]
+            columns[name] = local.Col(values[start : self.end], None if valid.all() else valid)
+        return local.Frame(columns, self.end - start)
 
 
 @dataclass
 class SymbolState:
     symbol: str
-    buffers: dict[str, _Buffer] = field(default_factory=dict)
+    raw: dict[str, deque[dict[str, Any]]] = field(default_factory=lambda: defaultdict(deque))
+    """Raw rows kept per table (those a source may have to derive its events from again)."""
+    fresh: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    """Raw rows per table not yet turned into events."""
+    events: dict[str, _Rows] = field(default_factory=lambda: defaultdict(_Rows))
+    """Per source: its events, derived up to `done`."""
+    late: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """Per source: whole seconds k whose events, derived already, must be derived again from
+    the raw rows in (k - 1 s, k] (a raw row arrived late for them)."""
+    kept: dict[str, tuple[int, local.Frame]] = field(default_factory=dict)
+    """Per asof source: (events version, its features at every event)."""
+    version: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     watermark: dict[str, int] = field(default_factory=dict)
     """Latest exchange ts seen per stream."""
     book: Any = None
@@ -143,7 +214,10 @@ class LiveEngine:
         quiet_ms: int = 10_000,
         lookback_margin_ms: int = 60_000,
         book_depth: int | None = None,
+        raw_keep_ms: int = 300_000,
     ):
+        """`raw_keep_ms`: how long raw rows are kept after their events are derived, to derive
+        them again when a row arrives late (events themselves are kept for the lookback)."""
         self.plan = plan
         self.registry_version = registry_version
         self.cadences_ms = tuple(sorted(cadences_ms))
@@ -163,8 +237,10 @@ class LiveEngine:
         self.tables = [k for k in plan.raw_tables if k in RAW_SCHEMAS]
         self.needs_book = "book_samples" in plan.raw_tables
         self.streams = sorted({s for t in plan.raw_tables for s in STREAMS_OF_TABLE[t]})
+        self.source_of = {k: s for s in plan.sources for k in compute.SOURCES[s].raw}
+        self.raw_keep_ms = raw_keep_ms
+        self.events_keep_ms = {s: lookback[s] + lookback_margin_ms for s in plan.sources}
         self.symbols: dict[str, SymbolState] = {}
-        self.con = duckdb.connect()
         self.stats = defaultdict(int)
         self.ready: list[tuple[str, int]] = []
 
@@ -172,9 +248,7 @@ class LiveEngine:
 
     def state(self, symbol: str) -> SymbolState:
         if symbol not in self.symbols:
-            self.symbols[symbol] = SymbolState(
-                symbol, {kind: _Buffer(RAW_SCHEMAS[kind]) for kind in self.tables}
-            )
+            self.symbols[symbol] = SymbolState(symbol)
         return self.symbols[symbol]
 
     def on_message(self, parsed: Parsed, received_wall_ms: float | None = None) -> int:
@@ -233,8 +307,18 @@ class LiveEngine:
         if stream == "book":
             self._apply_book(st, parsed)
             return
-        if parsed.kind in st.buffers:
-            st.buffers[parsed.kind].add(parsed.rows)
+        if parsed.kind in self.source_of:
+            self._add_raw(st, parsed.kind, parsed.rows)
+
+    def _add_raw(self, st: SymbolState, kind: str, rows: Sequence[dict[str, Any]]) -> None:
+        st.raw[kind].extend(rows)
+        st.fresh[kind].extend(rows)
+        source = self.source_of[kind]
+        done = st.events[source].done if source in st.events else None
+        if done is not None:
+            for r in rows:
+                if r["ts"] <= done:  # late: its second is derived again
+                    st.late[source].add(_ceil_second(int(r["ts"])))
 
     def _apply_book(self, st: SymbolState, parsed: Parsed) -> None:
         if not self.needs_book:
@@ -307,18 +391,34 @@ class LiveEngine:
                 continue
             last = max(t for t in stamps if t is not None)
             st = self.state(symbol)
+            stored = {}
             for kind in self.tables:
                 table = raw.read(data_dir, kind, [symbol], last - self.keep_ms[kind], last + 1)
+                stored[kind] = table
                 if not len(table):
                     continue
-                st.buffers[kind].chunks.append(table)
-                rows = _pylist(table.slice(max(0, len(table) - 50_000)))
+                # the tail is kept as rows (to derive again if a row arrives late for it)
+                ts = table["ts"].cast(pa.int64()).to_numpy()
+                rows = _pylist(table.slice(int(np.searchsorted(ts, last - self.raw_keep_ms))))
+                st.raw[kind].extend(rows)
+                rows = rows[-50_000:]
                 keys = RAW_KEYS[kind]
                 st.seen.update({(kind, *(r.get(k) for k in keys)): int(r["ts"]) for r in rows})
-                mark = _watermark(Parsed(kind, symbol, rows[-1_000:]))
-                stream = STREAM_OF[kind]
-                st.watermark[stream] = max(st.watermark.get(stream, -1), mark)
+                if rows:
+                    mark = _watermark(Parsed(kind, symbol, rows[-1_000:]))
+                    stream = STREAM_OF[kind]
+                    st.watermark[stream] = max(st.watermark.get(stream, -1), mark)
                 loaded[kind] += len(table)
+            for part in self.plan.parts:  # events of everything stored, derived at once
+                kinds = compute.SOURCES[part.source].raw
+                if part.events is None or not all(k in stored for k in kinds):
+                    continue
+                new = part.local_events({k: local.from_arrow(stored[k]) for k in kinds})
+                events = st.events[part.source]
+                if new.n:
+                    events.append(new.take(np.argsort(new.columns["ts"].values, kind="stable")))
+                    st.version[part.source] += 1
+                events.done = last
             if self.needs_book:
                 since = _last_ts(data_dir, "orderbook_snapshots", symbol, last - book_replay_ms)
                 if since is not None:
@@ -381,53 +481,32 @@ class LiveEngine:
 
     # --- computing ---------------------------------------------------------------------------
 
-    def _book_tables(self, ticks: Sequence[tuple[str, int]]) -> dict[str, pa.Table]:
-        from featlib import book as bookmod
-
-        rows, changes = [], {"symbol": [], "ts": [], "desynced": []}
-        empty = bookmod.sample(bookmod.OrderBook(), 0)
-        for symbol, tick in ticks:
-            st = self.symbols[symbol]
-            if tick not in st.book_samples:  # the book stream is quiet: its state is current
-                st.book_samples[tick] = (
-                    bookmod.sample(st.book, tick) if st.book is not None else None
-                )
-            row = dict(st.book_samples[tick] or {**empty, "ts": tick})
-            rows.append({**row, "symbol": symbol})
-        for symbol in {s for s, _ in ticks}:
-            st = self.symbols[symbol]
-            changes["symbol"] += [symbol] * len(st.changes_ts)
-            changes["ts"] += list(st.changes_ts)
-            changes["desynced"] += list(st.changes_desynced)
-        samples = pa.Table.from_pylist(rows).select(DERIVED_SCHEMAS["book_samples"].names)
-        return {
-            "book_samples": samples.cast(DERIVED_SCHEMAS["book_samples"]),
-            "book_changes": pa.table(changes, schema=DERIVED_SCHEMAS["book_changes"]),
-        }
-
-    def inputs(self, ticks: Sequence[tuple[str, int]]) -> dict[str, pa.Table]:
-        """The tables compute reads for these (symbol, tick) rows, from the buffers."""
-        oldest = min(t for _, t in ticks)
-        symbols = sorted({s for s, _ in ticks})
-        tables = {}
-        for kind in self.tables:
-            parts = [
-                self.symbols[s].buffers[kind].table(oldest - self.keep_ms[kind]) for s in symbols
-            ]
-            tables[kind] = pa.concat_tables(parts) if parts else RAW_SCHEMAS[kind].empty_table()
-        if self.needs_book:
-            tables.update(self._book_tables(ticks))
-        return tables
-
     def compute(self, ticks: Sequence[tuple[str, int]]) -> list[FeatureVector]:
         """Vectors for these (symbol, tick) rows through the one compute path."""
-        tables = self.inputs(ticks)
-        for kind in self.plan.raw_tables:
-            self.con.register(kind, tables.get(kind, TABLE_SCHEMAS[kind].empty_table()))
+        by_symbol: dict[str, list[int]] = defaultdict(list)
+        for symbol, tick in ticks:
+            by_symbol[symbol].append(tick)
+        tables: dict[str, local.Frame] = {}
+        for part in self.plan.parts:
+            if part.events is None:
+                continue
+            events, kept = [], []
+            for symbol, times in sorted(by_symbol.items()):
+                st = self.symbols[symbol]
+                rows = self._events(st, part, max(times))
+                if part.frame is not None:  # asof: the features at every event, kept
+                    with_indicators, frame = self._kept(st, part, rows)
+                    events.append(with_indicators)
+                    kept.append(frame)
+                else:
+                    events.append(rows.frame(min(times) - self.events_keep_ms[part.source]))
+            tables[part.events_table] = _concat(events, part.events_input_schema)
+            if part.frame is not None:
+                tables[f"frame_{part.source}"] = _concat(kept, part.frame_schema)
         grid = pa.table(
             {"symbol": [s for s, _ in ticks], "ts": pa.array([t for _, t in ticks], pa.int64())}
         )
-        out = compute.compute(self.plan, self.con, grid)
+        out = compute.compute(self.plan, tables, grid)
         done = time.time() * 1000
         names = list(self.plan.names)
         columns = {n: out[n].to_pylist() for n in names}
@@ -439,7 +518,7 @@ class LiveEngine:
             received = max((w for t, w in st.last_received.items() if t <= tick), default=None)
             latency = max(0.0, done - received) if received is not None else math.nan
             features = {n: columns[n][i] for n in names}
-            sample = st.book_samples.pop(tick, None)
+            sample = st.book_samples.get(tick)
             for cadence in self.cadences_ms:
                 if tick % cadence == 0:
                     vectors.append(
@@ -455,24 +534,165 @@ class LiveEngine:
                             book_desynced=bool(sample and sample.get("desynced")),
                         )
                     )
-        self._trim(ticks)
+        self._trim(by_symbol)
         self.stats["computed_ticks"] += len(ticks)
         self.stats["vectors"] += len(vectors)
         return vectors
 
-    def _trim(self, ticks: Sequence[tuple[str, int]]) -> None:
-        for symbol in {s for s, _ in ticks}:
+    def _events(self, st: SymbolState, part: compute.SourcePlan, upto: int) -> _Rows:
+        """The source's events for this symbol, derived up to `upto` from the raw rows."""
+        source = part.source
+        rows = st.events[source]
+        for k in sorted(st.late.pop(source, ())):  # seconds a late row arrived for
+            stretch = self._derive(st, part, k - SECOND, k, retained=True)
+            if rows.replace(k - SECOND, k, stretch):
+                st.version[source] += 1
+                self.stats["late_rows_rederived"] += 1
+        if rows.done is not None and upto <= rows.done:
+            return rows
+        new = self._derive(st, part, rows.done, upto)
+        if new.n:
+            rows.append(new)
+            st.version[source] += 1
+        rows.done = upto
+        return rows
+
+    def _derive(
+        self,
+        st: SymbolState,
+        part: compute.SourcePlan,
+        after: int | None,
+        upto: int,
+        retained: bool = False,
+    ) -> local.Frame:
+        """Events from the raw rows with after < ts <= upto (the new rows, or with `retained`
+        the rows kept), in time order."""
+        tables = {
+            kind: self._raw_frame(st, kind, after, upto, retained)
+            for kind in compute.SOURCES[part.source].raw
+        }
+        new = part.local_events(tables)
+        if new.n:
+            new = new.take(np.argsort(new.columns["ts"].values, kind="stable"))
+        return new
+
+    def _raw_frame(
+        self, st: SymbolState, kind: str, after: int | None, upto: int, retained: bool = False
+    ) -> local.Frame:
+        """Raw rows of `kind` with after < ts <= upto as a table: taken from the new rows, or
+        with `retained` read from the rows kept."""
+        if kind == "book_samples":
+            picked = []
+            for tick in sorted(t for t in st.book_samples if (after is None or t > after)):
+                if tick > upto:
+                    break
+                if st.book_samples[tick] is None and st.book is not None:
+                    st.book_samples[tick] = book_sample(st.book, tick)  # quiet: state is current
+                sample = st.book_samples[tick]
+                picked.append({**(sample or {"ts": tick, "desynced": True}), "symbol": st.symbol})
+            return _frame_of_rows(picked, DERIVED_SCHEMAS[kind])
+        if kind == "book_changes":
+            picked = [
+                {"symbol": st.symbol, "ts": ts, "desynced": desynced}
+                for ts, desynced in zip(st.changes_ts, st.changes_desynced, strict=True)
+                if (after is None or ts > after) and ts <= upto
+            ]
+            return _frame_of_rows(picked, DERIVED_SCHEMAS[kind])
+        if retained:
+            picked = [r for r in st.raw.get(kind, ()) if after < r["ts"] <= upto]
+            return _frame_of_rows(picked, RAW_SCHEMAS[kind])
+        fresh = st.fresh.get(kind, [])
+        lo = -(1 << 62) if after is None else after
+        picked = [r for r in fresh if lo < r["ts"] <= upto]  # (rows <= after: `late`)
+        st.fresh[kind] = [r for r in fresh if r["ts"] > upto]
+        return _frame_of_rows(picked, RAW_SCHEMAS[kind])
+
+    def _kept(
+        self, st: SymbolState, part: compute.SourcePlan, rows: _Rows
+    ) -> tuple[local.Frame, local.Frame]:
+        """(events with the pandas indicators' columns, features at every event) for an asof
+        source, computed again only when its events changed."""
+        version = st.version[part.source]
+        hit = st.kept.get(part.source)
+        if hit is None or hit[0] != version:
+            events = rows.frame() if len(rows) else local.empty(part.events_schema)
+            if part.indicators:
+                table = local.to_arrow(events, part.events_schema)
+                events = local.from_arrow(compute._indicators(table, part.indicators))
+            frame = part.local_frame({part.events_table: events})
+            hit = st.kept[part.source] = (version, events, frame)
+        return hit[1], hit[2]
+
+    def _trim(self, by_symbol: Mapping[str, Sequence[int]]) -> None:
+        for symbol in by_symbol:
             st = self.symbols[symbol]
-            horizon = (st.next_tick or 0) - 120_000
-            while st.changes_ts and st.changes_ts[0] <= horizon:
+            horizon = st.next_tick or 0
+            for rows in st.raw.values():
+                keep_after = horizon - self.raw_keep_ms
+                while rows and rows[0]["ts"] < keep_after:
+                    rows.popleft()
+            for source, rows in st.events.items():
+                rows.trim(horizon - self.events_keep_ms[source])
+            while st.changes_ts and st.changes_ts[0] <= horizon - 120_000:
                 st.changes_ts.popleft()
                 st.changes_desynced.popleft()
-            for tick in [t for t in st.book_samples if t < (st.next_tick or 0) - self.step]:
+            keep_samples = horizon - self.events_keep_ms.get("orderbook", 0)
+            for tick in [t for t in st.book_samples if t < keep_samples]:
                 del st.book_samples[tick]
             # keep the newest entry at or before the next open tick (it still contributes)
-            keep = max((t for t in st.last_received if t <= (st.next_tick or 0)), default=None)
+            keep = max((t for t in st.last_received if t <= horizon), default=None)
             for tick in [t for t in st.last_received if keep is not None and t < keep]:
                 del st.last_received[tick]
+
+
+def book_sample(book: Any, tick: int) -> dict[str, Any]:
+    from featlib import book as bookmod
+
+    return bookmod.sample(book, tick)
+
+
+def _concat(frames: Sequence[local.Frame], schema: Mapping[str, Any]) -> local.Frame:
+    frames = [f for f in frames if f.n]
+    if not frames:
+        return local.empty(schema)
+    if len(frames) == 1:
+        return frames[0]
+    columns = {}
+    for name in frames[0].columns:
+        cols = [f.columns[name] for f in frames]
+        values = np.concatenate(
+            [local._full_values(c, f.n) for c, f in zip(cols, frames, strict=True)]
+        )
+        if all(c.valid is None for c in cols):
+            valid = None
+        else:
+            valid = np.concatenate([c.mask(f.n) for c, f in zip(cols, frames, strict=True)])
+        columns[name] = local.Col(values, valid)
+    return local.Frame(columns, sum(f.n for f in frames))
+
+
+def _frame_of_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> local.Frame:
+    """Row dicts (as parsed messages carry them: timestamps as epoch ms) -> a table."""
+    columns = {}
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        missing = [v is None for v in values]
+        valid = None if not any(missing) else ~np.array(missing, np.bool_)
+        kind = f.type
+        if pa.types.is_string(kind):
+            array = np.array(values, dtype=object)
+        else:
+            if pa.types.is_floating(kind):
+                dtype, fill = np.float64, 0.0
+            elif pa.types.is_boolean(kind):
+                dtype, fill = np.bool_, False
+            else:  # integers, timestamps (ms)
+                dtype, fill = np.int64, 0
+            if valid is not None:
+                values = [fill if v is None else v for v in values]
+            array = np.array(values, dtype=dtype)
+        columns[f.name] = local.Col(array, valid)
+    return local.Frame(columns, len(rows))
 
 
 def _last_ts(data_dir: Path, kind: str, symbol: str, since_ms: int | None = None) -> int | None:

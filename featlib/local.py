@@ -32,6 +32,7 @@ from typing import Any
 import ibis.expr.datatypes as dt
 import ibis.expr.operations as ops
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
@@ -122,6 +123,24 @@ def _from_arrow_column(column: pa.ChunkedArray) -> Col:
     else:
         raise UnsupportedOperation(f"column type {kind}")
     return Col(np.asarray(values), valid)
+
+
+def empty(schema: Mapping[str, dt.DataType]) -> Frame:
+    """A table with no rows and these columns."""
+    columns = {}
+    for name, kind in schema.items():
+        if kind.is_decimal():
+            values = np.zeros((0, 2), np.int64)
+        elif kind.is_floating():
+            values = np.zeros(0, np.float64)
+        elif kind.is_boolean():
+            values = np.zeros(0, np.bool_)
+        elif kind.is_string():
+            values = np.zeros(0, object)
+        else:  # integers, timestamps (epoch ms)
+            values = np.zeros(0, np.int64)
+        columns[name] = Col(values)
+    return Frame(columns, 0)
 
 
 def to_arrow(frame: Frame, schema: Mapping[str, dt.DataType]) -> pa.Table:
@@ -382,10 +401,12 @@ class _Run:
         return Col(values[first], usable[first])
 
     def _join(self, node: ops.JoinChain) -> Frame:
-        index: dict[ops.Node, np.ndarray] = {node.first: np.arange(self.rel(node.first).n)}
+        # per joined table: the row of it each joined row reads (-1: none); None while that is
+        # row i for row i (the left side of joins that matched at most one row each)
+        n = self.rel(node.first).n
+        index: dict[ops.Node, np.ndarray | None] = {node.first: None}
         for link in node.rest:
             right = self.rel(link.table)
-            left_n = len(next(iter(index.values())))
             equal, asof = [], None
             for predicate in link.predicates:
                 sides = self._sides(predicate, link.table)
@@ -395,19 +416,22 @@ class _Run:
                     asof = sides
                 else:
                     raise UnsupportedOperation(f"join predicate {type(predicate).__name__}")
-            left_keys = [self._joined_value(e, index, left_n) for e, _ in equal]
+            left_keys = [self._joined_value(e, index, n) for e, _ in equal]
             right_keys = [self.value(e, right.n) for _, e in equal]
             if link.how == "asof":
-                lhs = self._joined_value(asof[0], index, left_n)
+                lhs = self._joined_value(asof[0], index, n)
                 rhs = self.value(asof[1], right.n)
-                li, ri = _asof_match(left_keys, right_keys, lhs, rhs, left_n, right.n)
+                li, ri = _asof_match(left_keys, right_keys, lhs, rhs, n, right.n)
             elif link.how in ("left", "inner", "outer"):
-                li, ri = _equi_match(left_keys, right_keys, left_n, right.n, link.how)
+                li, ri = _equi_match(left_keys, right_keys, n, right.n, link.how)
             else:
                 raise UnsupportedOperation(f"{link.how} join")
-            index = {ref: _gather_index(idx, li) for ref, idx in index.items()}
+            if len(li) != n or (li != np.arange(n)).any():
+                index = {
+                    ref: li if idx is None else _gather_index(idx, li) for ref, idx in index.items()
+                }
             index[link.table] = ri
-        n = len(next(iter(index.values())))
+            n = len(li)
         return Frame({k: self._joined_value(v, index, n) for k, v in node.values.items()}, n)
 
     def _sides(self, predicate: ops.Value, right: ops.Node) -> tuple[ops.Value, ops.Value]:
@@ -423,10 +447,11 @@ class _Run:
 
     def _joined_value(self, node: ops.Value, index: Mapping, n: int) -> Col:
         """A value over the joined rows: each table's fields gathered by its index."""
+        if isinstance(node, ops.Field):
+            return _gather(self.rel(node.rel).columns[node.name], index[node.rel])
         joined = _Run(self.tables, {})
         for field in _fields(node):
-            column = self.rel(field.rel).columns[field.name]
-            joined.memo[field] = column.take(index[field.rel])
+            joined.memo[field] = _gather(self.rel(field.rel).columns[field.name], index[field.rel])
         return joined.full(node, n)
 
     # values ---------------------------------------------------------------------------------
@@ -547,14 +572,20 @@ class _Run:
         if getattr(func, "where", None) is not None:
             raise UnsupportedOperation(f"window {type(func).__name__} with where=")
         if isinstance(func, ops.Count):
+            if arg.valid is None:
+                return Col(np.maximum(size, 0))
             return Col(_frame_sums(valid.astype(np.int64), lo, hi, empty))
         values = _full_values(arg, rows)
         if isinstance(func, ops.First):  # FIRST_VALUE: the frame's first row, null kept
             return arg.take(np.where(empty, -1, lo))
         if isinstance(func, ops.Sum | ops.Mean):
-            zero = np.zeros_like(values[:1])
-            total = _frame_sums(np.where(_rows(valid, values), values, zero), lo, hi, empty)
-            count = _frame_sums(valid.astype(np.int64), lo, hi, empty)
+            if arg.valid is None:
+                total = _frame_sums(values, lo, hi, empty)
+                count = np.maximum(size, 0)
+            else:
+                zero = np.zeros_like(values[:1])
+                total = _frame_sums(np.where(_rows(valid, values), values, zero), lo, hi, empty)
+                count = _frame_sums(valid.astype(np.int64), lo, hi, empty)
             if isinstance(func, ops.Sum):
                 if values.dtype == np.bool_:
                     total = total.astype(np.int64)
@@ -595,10 +626,10 @@ def _bound(boundary: ops.WindowBoundary) -> int:
 
 def _frame_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, empty: np.ndarray):
     """Sums over inclusive frames by prefix sums: exact for integers and decimal limbs."""
-    pad = np.zeros((1, *values.shape[1:]), values.dtype)
-    prefix = np.concatenate([pad, np.cumsum(values, axis=0)])
-    hi_ = np.where(empty, lo - 1, hi)
-    return prefix[hi_ + 1] - prefix[lo]
+    prefix = np.empty((len(values) + 1, *values.shape[1:]), values.dtype)
+    prefix[0] = 0
+    np.cumsum(values, axis=0, out=prefix[1:])
+    return prefix[np.maximum(hi, lo - 1) + 1] - prefix[lo]
 
 
 def _sortable(values: np.ndarray) -> np.ndarray:
@@ -721,6 +752,10 @@ def _relation_of(node: ops.WindowFunction) -> ops.Node | None:
     if len(rels) > 1:
         raise UnsupportedOperation("a window over several tables")
     return next(iter(rels), None)
+
+
+def _gather(col: Col, index: np.ndarray | None) -> Col:
+    return col if index is None else col.take(index)
 
 
 def _gather_index(idx: np.ndarray, li: np.ndarray) -> np.ndarray:
@@ -846,8 +881,7 @@ def _key_codes(left: list[Col], right: list[Col], ln: int, rn: int):
         both = np.concatenate([av, bv])
         if both.dtype.kind == "f":
             both = np.where(np.isnan(both), np.inf, both)
-        _, codes = np.unique(both, return_inverse=True)
-        codes = codes.reshape(-1).astype(np.int64)
+        codes = pd.factorize(both)[0].astype(np.int64)  # hashing: no sort of strings
         width = int(codes.max(initial=0)) + 1
         lcode, rcode = lcode * width + codes[:ln], rcode * width + codes[ln:]
         lnull |= ~a.mask(ln)
@@ -862,6 +896,10 @@ def _equi_match(left, right, ln, rn, how):
     first = np.searchsorted(sorted_r, lcode, side="left")
     last = np.searchsorted(sorted_r, lcode, side="right")
     counts = np.where(lcode < 0, 0, last - first)
+    if how == "left" and (counts <= 1).all():  # each left row matched at most once
+        if not rn:
+            return np.arange(ln), np.full(ln, -1, np.int64)
+        return np.arange(ln), np.where(counts == 1, order[np.minimum(first, rn - 1)], -1)
     li = np.repeat(np.arange(ln), counts)
     before = np.cumsum(counts) - counts
     offsets = np.repeat(first - before, counts)

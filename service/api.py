@@ -111,9 +111,8 @@ async def _stats_part(request: Request, part: str) -> dict[str, Any]:
         out = {}
         for symbol, st in engine.symbols.items():
             out[symbol] = {
-                "buffered_rows": {
-                    k: sum(len(c) for c in b.chunks) + len(b.pending) for k, b in st.buffers.items()
-                },
+                "raw_rows_kept": {kind: len(rows) for kind, rows in st.raw.items()},
+                "events_kept": {source: len(rows) for source, rows in st.events.items()},
                 "watermarks": st.watermark,
                 "next_tick": st.next_tick,
                 "book": None
