@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,24 +60,36 @@ class Col:
             return self.valid
         return np.broadcast_to(self.valid, (n,))
 
-    def take(self, index: np.ndarray) -> Col:
+    def take(self, index: np.ndarray | Index) -> Col:
         """Rows by index; -1 gives null."""
-        missing = index < 0
+        at = index if isinstance(index, Index) else Index(index)
+        n = len(at.index)
         if self.values.ndim == 0:  # a scalar: the same value at every row
-            values = np.broadcast_to(self.values, (len(index),))
-            valid = None if self.valid is None else np.broadcast_to(self.valid, (len(index),))
-            if missing.any():
-                valid = ~missing if valid is None else valid & ~missing
-            return Col(values, valid)
-        safe = np.where(missing, 0, index) if missing.any() else index
-        if len(self.values) == 0:
-            values = np.zeros((len(index), *self.values.shape[1:]), self.values.dtype)
-            return Col(values, np.zeros(len(index), np.bool_))
-        values = self.values[safe]
-        valid = None if self.valid is None else self.valid[safe]
-        if missing.any():
-            valid = ~missing if valid is None else valid & ~missing
+            values = np.broadcast_to(self.values, (n,))
+            valid = None if self.valid is None else np.broadcast_to(self.valid, (n,))
+        elif len(self.values) == 0:
+            values = np.zeros((n, *self.values.shape[1:]), self.values.dtype)
+            return Col(values, np.zeros(n, np.bool_))
+        else:
+            values = self.values[at.safe]
+            valid = None if self.valid is None else self.valid[at.safe]
+        if at.found is not None:
+            valid = at.found if valid is None else valid & at.found
         return Col(values, valid)
+
+
+class Index:
+    """Row numbers to gather (-1: none, a null row), checked once for every column."""
+
+    __slots__ = ("found", "index", "safe")
+
+    def __init__(self, index: np.ndarray):
+        self.index = index
+        missing = index < 0
+        if missing.any():
+            self.found, self.safe = ~missing, np.where(missing, 0, index)
+        else:
+            self.found, self.safe = None, index
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +98,8 @@ class Frame:
     n: int
 
     def take(self, index: np.ndarray) -> Frame:
-        return Frame({k: c.take(index) for k, c in self.columns.items()}, len(index))
+        at = Index(index)
+        return Frame({k: c.take(at) for k, c in self.columns.items()}, len(index))
 
 
 # --- Arrow <-> Frame -------------------------------------------------------------------------
@@ -416,10 +430,11 @@ class _Run:
                     asof = sides
                 else:
                     raise UnsupportedOperation(f"join predicate {type(predicate).__name__}")
-            left_keys = [self._joined_value(e, index, n) for e, _ in equal]
+            prepared = {ref: None if idx is None else Index(idx) for ref, idx in index.items()}
+            left_keys = [self._joined_value(e, prepared, n) for e, _ in equal]
             right_keys = [self.value(e, right.n) for _, e in equal]
             if link.how == "asof":
-                lhs = self._joined_value(asof[0], index, n)
+                lhs = self._joined_value(asof[0], prepared, n)
                 rhs = self.value(asof[1], right.n)
                 li, ri = _asof_match(left_keys, right_keys, lhs, rhs, n, right.n)
             elif link.how in ("left", "inner", "outer"):
@@ -432,6 +447,7 @@ class _Run:
                 }
             index[link.table] = ri
             n = len(li)
+        index = {ref: None if idx is None else Index(idx) for ref, idx in index.items()}
         return Frame({k: self._joined_value(v, index, n) for k, v in node.values.items()}, n)
 
     def _sides(self, predicate: ops.Value, right: ops.Node) -> tuple[ops.Value, ops.Value]:
@@ -450,8 +466,12 @@ class _Run:
         if isinstance(node, ops.Field):
             return _gather(self.rel(node.rel).columns[node.name], index[node.rel])
         joined = _Run(self.tables, {})
+        needed: dict[ops.Node, set[str]] = defaultdict(set)
         for field in _fields(node):
-            joined.memo[field] = _gather(self.rel(field.rel).columns[field.name], index[field.rel])
+            needed[field.rel].add(field.name)
+        for rel, names in needed.items():  # each table as its gathered rows (the used columns)
+            columns = self.rel(rel).columns
+            joined.memo[rel] = Frame({k: _gather(columns[k], index[rel]) for k in names}, n)
         return joined.full(node, n)
 
     # values ---------------------------------------------------------------------------------
@@ -574,18 +594,15 @@ class _Run:
         if isinstance(func, ops.Count):
             if arg.valid is None:
                 return Col(np.maximum(size, 0))
-            return Col(_frame_sums(valid.astype(np.int64), lo, hi, empty))
+            _, counts = self._prefix(func.arg, arg, order, rows)
+            return Col(_between(counts, lo, hi))
         values = _full_values(arg, rows)
         if isinstance(func, ops.First):  # FIRST_VALUE: the frame's first row, null kept
             return arg.take(np.where(empty, -1, lo))
         if isinstance(func, ops.Sum | ops.Mean):
-            if arg.valid is None:
-                total = _frame_sums(values, lo, hi, empty)
-                count = np.maximum(size, 0)
-            else:
-                zero = np.zeros_like(values[:1])
-                total = _frame_sums(np.where(_rows(valid, values), values, zero), lo, hi, empty)
-                count = _frame_sums(valid.astype(np.int64), lo, hi, empty)
+            sums, counts = self._prefix(func.arg, arg, order, rows)
+            total = _between(sums, lo, hi)
+            count = np.maximum(size, 0) if counts is None else _between(counts, lo, hi)
             if isinstance(func, ops.Sum):
                 if values.dtype == np.bool_:
                     total = total.astype(np.int64)
@@ -609,6 +626,24 @@ class _Run:
             return arg.take(at)
         raise UnsupportedOperation(f"window function {type(func).__name__}")
 
+    def _prefix(self, node: ops.Value, arg: Col, order, rows: int):
+        """Prefix sums of a column's values (nulls as 0) and of its non-null rows (None when
+        it has no nulls), in window order: shared by every frame summing that column."""
+        key = ("prefix", node, None if order is None else id(order), rows)
+        hit = self.memo.get(key)
+        if hit is None:
+            values = _full_values(arg, rows)
+            if arg.valid is not None:
+                valid = arg.mask(rows)
+                values = np.where(_rows(valid, values), values, np.zeros_like(values[:1]))
+                counts = _prefix_sums(valid.astype(np.int64))
+            else:
+                counts = None
+            if values.dtype == np.bool_:
+                values = values.astype(np.int64)
+            hit = self.memo[key] = (_prefix_sums(values), counts, order)
+        return hit[0], hit[1]
+
     def _integer_range(self, node: ops.IntegerRange, n: int) -> Col:
         start, stop, step = (self.full(x, n) for x in (node.start, node.stop, node.step))
         values = np.empty(n, dtype=object)
@@ -624,11 +659,17 @@ def _bound(boundary: ops.WindowBoundary) -> int:
     return int(value) if boundary.preceding else -int(value)
 
 
-def _frame_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, empty: np.ndarray):
-    """Sums over inclusive frames by prefix sums: exact for integers and decimal limbs."""
+def _prefix_sums(values: np.ndarray) -> np.ndarray:
+    """0, v0, v0+v1, ...: sums over frames are differences (exact for integers and decimal
+    limbs; floats within their rounding)."""
     prefix = np.empty((len(values) + 1, *values.shape[1:]), values.dtype)
     prefix[0] = 0
     np.cumsum(values, axis=0, out=prefix[1:])
+    return prefix
+
+
+def _between(prefix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sums over the inclusive frames lo..hi (empty frames: 0)."""
     return prefix[np.maximum(hi, lo - 1) + 1] - prefix[lo]
 
 
@@ -754,7 +795,7 @@ def _relation_of(node: ops.WindowFunction) -> ops.Node | None:
     return next(iter(rels), None)
 
 
-def _gather(col: Col, index: np.ndarray | None) -> Col:
+def _gather(col: Col, index: Index | None) -> Col:
     return col if index is None else col.take(index)
 
 
@@ -970,6 +1011,7 @@ class _Compiler:
         self.names: dict[ops.Node, str] = {}
         self.constants: list[Any] = []
         self.count = 0
+        self.relations: dict[ops.Node, str] = {}
 
     def const(self, value: Any) -> str:
         self.constants.append(value)
@@ -977,7 +1019,10 @@ class _Compiler:
 
     def build(self) -> Callable:
         out = [self.visit(root) for root in self.roots]
-        body = "\n".join(f"    {line}" for line in self.lines)
+        heads = [
+            f"{name} = run.rel({self.const(rel)}).columns" for rel, name in self.relations.items()
+        ]
+        body = "\n".join(f"    {line}" for line in heads + self.lines)
         packed = ", ".join(f"Col({x}, {m})" for x, m in out)
         source = f"def run_values(run, n):\n{body}\n    return ({packed},)\n"
         scope = {"np": np, "Col": Col, "K": self.constants, **_HELPERS}
@@ -995,9 +1040,11 @@ class _Compiler:
         x, m = f"x{i}", f"m{i}"
         emit = self.lines.append
         kind = type(node)
-        if isinstance(node, ops.Field | ops.Unnest):
-            c = f"c{i}"
-            emit(f"{c} = run.leaf({self.const(node)}); {x} = {c}.values; {m} = {c}.valid")
+        if isinstance(node, ops.Field):  # the relation's columns are looked up once
+            rel = self.relations.setdefault(node.rel, f"R{len(self.relations)}")
+            emit(f"c{i} = {rel}[{node.name!r}]; {x} = c{i}.values; {m} = c{i}.valid")
+        elif isinstance(node, ops.Unnest):
+            emit(f"c{i} = run.memo[{self.const(node)}]; {x} = c{i}.values; {m} = c{i}.valid")
         elif isinstance(node, ops.WindowFunction):
             emit(f"c{i} = run.window({self.const(node)}, n); {x} = c{i}.values; {m} = c{i}.valid")
         elif isinstance(node, ops.IntegerRange):
@@ -1010,10 +1057,10 @@ class _Compiler:
             if node.left.dtype.is_decimal() or node.right.dtype.is_decimal():
                 raise UnsupportedOperation(f"{kind.__name__} on decimals")
             (a, ma), (b, mb) = self.visit(node.left), self.visit(node.right)
-            emit(f"{x} = {self.const(_ARITHMETIC[kind])}({a}, {b}); {m} = _mand({ma}, {mb})")
+            emit(f"{x} = {self.const(_ARITHMETIC[kind])}({a}, {b}); {m} = {_and_masks(ma, mb)}")
         elif kind in _COMPARE:
             (a, ma), (b, mb) = self.visit(node.left), self.visit(node.right)
-            emit(f"{x} = {self.const(_COMPARE[kind])}({a}, {b}); {m} = _mand({ma}, {mb})")
+            emit(f"{x} = {self.const(_COMPARE[kind])}({a}, {b}); {m} = {_and_masks(ma, mb)}")
         elif kind in _UNARY:
             a, ma = self.visit(node.arg)
             emit(f"{x} = {self.const(_UNARY[kind])}({a}); {m} = {ma}")
@@ -1082,6 +1129,11 @@ class _Compiler:
         else:
             raise UnsupportedOperation(f"cast {src} -> {to}")
         emit(f"{m} = {ma}")
+
+
+def _and_masks(a: str, b: str) -> str:
+    """Code for the mask of a value valid where both are (None: all valid)."""
+    return f"({b} if {a} is None else {a} if {b} is None else {a} & {b})"
 
 
 def _literal(node: ops.Literal) -> Col:
