@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from featlib import compute, local, raw
 from featlib.bybit import Parsed
-from featlib.inputs import DERIVED_SCHEMAS
+from featlib.inputs import DERIVED_SCHEMAS, TABLE_SCHEMAS
 from featlib.schema import RAW_KEYS, RAW_SCHEMAS
 
 SECOND = 1_000
@@ -147,9 +147,10 @@ class _Rows:
             ts = self.values["ts"][self.start : self.end]
             self.start += int(np.searchsorted(ts, before_ms, side="left"))
 
-    def frame(self, since_ms: int | None = None) -> local.Frame:
+    def frame(self, since_ms: int | None = None, schema: Mapping[str, Any] | None = None):
+        """The kept rows (ts >= since_ms) as a table (none kept yet: `schema`'s columns)."""
         if not self.values:
-            return local.Frame({}, 0)
+            return local.empty(schema or {})
         start = self.start
         if since_ms is not None:
             ts = self.values["ts"][self.start : self.end]
@@ -487,22 +488,24 @@ class LiveEngine:
         for symbol, tick in ticks:
             by_symbol[symbol].append(tick)
         tables: dict[str, local.Frame] = {}
+        symbols = sorted(by_symbol)
         for part in self.plan.parts:
             if part.events is None:
                 continue
-            events, kept = [], []
-            for symbol, times in sorted(by_symbol.items()):
-                st = self.symbols[symbol]
-                rows = self._events(st, part, max(times))
-                if part.frame is not None:  # asof: the features at every event, kept
-                    with_indicators, frame = self._kept(st, part, rows)
-                    events.append(with_indicators)
-                    kept.append(frame)
-                else:
-                    events.append(rows.frame(min(times) - self.events_keep_ms[part.source]))
-            tables[part.events_table] = _concat(events, part.events_input_schema)
-            if part.frame is not None:
-                tables[f"frame_{part.source}"] = _concat(kept, part.frame_schema)
+            self._events(part, {s: max(by_symbol[s]) for s in symbols})
+            if part.frame is not None:  # asof: the features at every event, kept
+                kept = self._kept(part, symbols)
+                tables[part.events_table] = _concat([kept[s][0] for s in symbols], {})
+                tables[f"frame_{part.source}"] = _concat(
+                    [kept[s][1] for s in symbols], part.frame_schema
+                )
+            else:
+                since = {s: min(by_symbol[s]) - self.events_keep_ms[part.source] for s in symbols}
+                frames = [
+                    self.symbols[s].events[part.source].frame(since[s], part.events_schema)
+                    for s in symbols
+                ]
+                tables[part.events_table] = _concat(frames, part.events_input_schema)
         grid = pa.table(
             {"symbol": [s for s, _ in ticks], "ts": pa.array([t for _, t in ticks], pa.int64())}
         )
@@ -539,42 +542,48 @@ class LiveEngine:
         self.stats["vectors"] += len(vectors)
         return vectors
 
-    def _events(self, st: SymbolState, part: compute.SourcePlan, upto: int) -> _Rows:
-        """The source's events for this symbol, derived up to `upto` from the raw rows."""
+    def _events(self, part: compute.SourcePlan, upto: Mapping[str, int]) -> None:
+        """Derive the source's events of these symbols up to their time (all symbols in one
+        evaluation), after deriving again the seconds a late raw row arrived for."""
         source = part.source
-        rows = st.events[source]
-        for k in sorted(st.late.pop(source, ())):  # seconds a late row arrived for
-            stretch = self._derive(st, part, k - SECOND, k, retained=True)
-            if rows.replace(k - SECOND, k, stretch):
+        todo = {}
+        for symbol, until in upto.items():
+            st = self.symbols[symbol]
+            rows = st.events[source]
+            for k in sorted(st.late.pop(source, ())):
+                stretch = self._derive(part, {symbol: (k - SECOND, k)}, retained=True)
+                if rows.replace(k - SECOND, k, stretch.get(symbol, _EMPTY)):
+                    st.version[source] += 1
+                    self.stats["late_rows_rederived"] += 1
+            if rows.done is None or until > rows.done:
+                todo[symbol] = (rows.done, until)
+        if not todo:
+            return
+        for symbol, new in self._derive(part, todo).items():
+            st = self.symbols[symbol]
+            if new.n:
+                st.events[source].append(new)
                 st.version[source] += 1
-                self.stats["late_rows_rederived"] += 1
-        if rows.done is not None and upto <= rows.done:
-            return rows
-        new = self._derive(st, part, rows.done, upto)
-        if new.n:
-            rows.append(new)
-            st.version[source] += 1
-        rows.done = upto
-        return rows
+        for symbol, (_, until) in todo.items():
+            self.symbols[symbol].events[source].done = until
 
     def _derive(
         self,
-        st: SymbolState,
         part: compute.SourcePlan,
-        after: int | None,
-        upto: int,
+        spans: Mapping[str, tuple[int | None, int]],
         retained: bool = False,
-    ) -> local.Frame:
-        """Events from the raw rows with after < ts <= upto (the new rows, or with `retained`
-        the rows kept), in time order."""
-        tables = {
-            kind: self._raw_frame(st, kind, after, upto, retained)
-            for kind in compute.SOURCES[part.source].raw
-        }
+    ) -> dict[str, local.Frame]:
+        """Per symbol, the events from its raw rows with after < ts <= upto (the new rows, or
+        with `retained` the rows kept), in time order: one evaluation for all the symbols."""
+        tables = {}
+        for kind in compute.SOURCES[part.source].raw:
+            frames = [
+                self._raw_frame(self.symbols[symbol], kind, after, upto, retained)
+                for symbol, (after, upto) in spans.items()
+            ]
+            tables[kind] = _concat(frames, TABLE_SCHEMAS[kind])
         new = part.local_events(tables)
-        if new.n:
-            new = new.take(np.argsort(new.columns["ts"].values, kind="stable"))
-        return new
+        return _by_symbol(new, list(spans))
 
     def _raw_frame(
         self, st: SymbolState, kind: str, after: int | None, upto: int, retained: bool = False
@@ -608,20 +617,35 @@ class LiveEngine:
         return _frame_of_rows(picked, RAW_SCHEMAS[kind])
 
     def _kept(
-        self, st: SymbolState, part: compute.SourcePlan, rows: _Rows
-    ) -> tuple[local.Frame, local.Frame]:
-        """(events with the pandas indicators' columns, features at every event) for an asof
-        source, computed again only when its events changed."""
-        version = st.version[part.source]
-        hit = st.kept.get(part.source)
-        if hit is None or hit[0] != version:
-            events = rows.frame() if len(rows) else local.empty(part.events_schema)
+        self, part: compute.SourcePlan, symbols: Sequence[str]
+    ) -> dict[str, tuple[local.Frame, local.Frame]]:
+        """Per symbol, an asof source's (events with the pandas indicators' columns, features
+        at every event), computed again (in one evaluation) for the symbols whose events
+        changed."""
+        source = part.source
+        changed = [
+            s
+            for s in symbols
+            if self.symbols[s].kept.get(source, (None,))[0] != self.symbols[s].version[source]
+        ]
+        if changed:
+            events = _concat(
+                [self.symbols[s].events[source].frame(None, part.events_schema) for s in changed],
+                part.events_schema,
+            )
             if part.indicators:
                 table = local.to_arrow(events, part.events_schema)
                 events = local.from_arrow(compute._indicators(table, part.indicators))
-            frame = part.local_frame({part.events_table: events})
-            hit = st.kept[part.source] = (version, events, frame)
-        return hit[1], hit[2]
+            frames = _by_symbol(part.local_frame({part.events_table: events}), changed, "_s")
+            with_indicators = _by_symbol(events, changed)
+            for s in changed:
+                st = self.symbols[s]
+                st.kept[source] = (
+                    st.version[source],
+                    with_indicators.get(s, local.empty(part.events_input_schema)),
+                    frames.get(s, local.empty(part.frame_schema)),
+                )
+        return {s: self.symbols[s].kept[source][1:] for s in symbols}
 
     def _trim(self, by_symbol: Mapping[str, Sequence[int]]) -> None:
         for symbol in by_symbol:
@@ -651,10 +675,29 @@ def book_sample(book: Any, tick: int) -> dict[str, Any]:
     return bookmod.sample(book, tick)
 
 
+_EMPTY = local.Frame({}, 0)
+
+
+def _by_symbol(frame: local.Frame, symbols: Sequence[str], column: str = "symbol"):
+    """The frame's rows per symbol, each in time order."""
+    if not frame.n:
+        return {}
+    names = frame.columns[column].values
+    ts = frame.columns["ts" if "ts" in frame.columns else "_t"].values
+    out = {}
+    for symbol in symbols:
+        rows = np.flatnonzero(names == symbol)
+        if len(rows):
+            out[symbol] = frame.take(rows[np.argsort(ts[rows], kind="stable")])
+    return out
+
+
 def _concat(frames: Sequence[local.Frame], schema: Mapping[str, Any]) -> local.Frame:
-    frames = [f for f in frames if f.n]
-    if not frames:
-        return local.empty(schema)
+    """The frames' rows in one table (no rows: the first frame, else `schema`'s columns)."""
+    full = [f for f in frames if f.n]
+    if not full:
+        return frames[0] if frames else local.empty(schema)
+    frames = full
     if len(frames) == 1:
         return frames[0]
     columns = {}
