@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -118,6 +120,45 @@ def unreadable(paths: Iterable[Path]) -> dict[Path, str]:
     return bad
 
 
+_SPANS: dict[tuple[str, int, int], tuple[int, int] | None] = {}
+
+
+def _span(path: Path) -> tuple[int, int] | None:
+    """(min ts, max ts) of a part file (None: no rows), from its footer statistics; part files
+    never change (named by content), so each is read once per process. Raises for a file whose
+    footer cannot be read."""
+    info = path.stat()
+    key = (str(path), info.st_size, info.st_mtime_ns)
+    if key in _SPANS:
+        return _SPANS[key]
+    meta = pq.read_metadata(path)
+    column = meta.schema.names.index("ts")
+    lows, highs = [], []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:  # written elsewhere without statistics
+            ts = pq.read_table(path, columns=["ts"])["ts"].cast(pa.int64())
+            lows, highs = [pc.min(ts).as_py()], [pc.max(ts).as_py()]
+            break
+        lows.append(_epoch_ms(stats.min))
+        highs.append(_epoch_ms(stats.max))
+    span = (min(lows), max(highs)) if lows and lows[0] is not None else None
+    if len(_SPANS) > 200_000:
+        _SPANS.clear()
+    _SPANS[key] = span
+    return span
+
+
+def _epoch_ms(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return round(value.timestamp() * 1000)
+    return int(value)
+
+
 def _write_atomic(directory: Path, table: pa.Table) -> Path | None:
     tmp = directory / f".tmp-{uuid.uuid4().hex}"
     try:
@@ -134,28 +175,41 @@ def _write_atomic(directory: Path, table: pa.Table) -> Path | None:
         tmp.unlink(missing_ok=True)
 
 
-def _new_rows(
-    con: duckdb.DuckDBPyConnection, kind: str, batch: pa.Table, existing: list[Path]
-) -> pa.Table:
-    """Rows of `batch` whose key is neither earlier in the batch nor already stored."""
-    keys = RAW_KEYS[kind]
-    con.register("batch", batch.append_column("_i", pa.array(range(len(batch)), pa.int64())))
-    same = " AND ".join(f'e."{k}" IS NOT DISTINCT FROM b."{k}"' for k in keys)
-    partition = ", ".join(f'"{k}"' for k in keys)
-    sql = f"""
-        SELECT * FROM batch b
-        QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _i) = 1
-    """
+def _new_rows(kind: str, batch: pa.Table, existing: list[Path]) -> pa.Table:
+    """Rows of `batch` whose key is neither earlier in the batch nor already stored (keys
+    compare null to null, as IS NOT DISTINCT FROM)."""
+    keys = list(RAW_KEYS[kind])
+    comparable = _comparable_keys(batch, keys)
+    first = (
+        comparable.append_column("_i", pa.array(np.arange(len(batch)), pa.int64()))
+        .group_by(keys, use_threads=False)
+        .aggregate([("_i", "min")])["_i_min"]
+    )
+    keep = np.sort(first.to_numpy())
     if existing:
-        files = ", ".join(f"'{p}'" for p in existing)
-        sql = f"""
-            WITH stored AS (SELECT {partition} FROM read_parquet([{files}]))
-            SELECT * FROM ({sql}) b
-            WHERE NOT EXISTS (SELECT 1 FROM stored e WHERE {same})
-        """
-    fresh = con.sql(sql + " ORDER BY _i").to_arrow_table()
-    con.unregister("batch")
-    return fresh.drop_columns(["_i"])
+        stored = pa.concat_tables(
+            [_comparable_keys(pq.read_table(p, columns=keys), keys) for p in existing]
+        )
+        candidates = comparable.take(keep).append_column("_i", pa.array(keep, pa.int64()))
+        fresh = candidates.join(stored, keys, join_type="left anti", use_threads=False)
+        keep = np.sort(fresh["_i"].to_numpy())
+    return batch.take(pa.array(keep, pa.int64()))
+
+
+def _comparable_keys(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """The key columns with nulls replaced by a value no real key has, so null matches null."""
+    columns = {}
+    for name in keys:
+        column = table[name]
+        if column.null_count:
+            kind = column.type
+            if pa.types.is_timestamp(kind):
+                column = column.cast(pa.int64())
+                kind = pa.int64()
+            sentinel = "\x00null" if pa.types.is_string(kind) else pa.scalar(-(1 << 63), kind)
+            column = column.fill_null(sentinel)
+        columns[name] = column
+    return pa.table(columns)
 
 
 def write(root: Path, kind: str, table: pa.Table) -> WriteStats:
@@ -166,29 +220,40 @@ def write(root: Path, kind: str, table: pa.Table) -> WriteStats:
     if not len(table):
         return stats
     table = table.select(RAW_SCHEMAS[kind].names).cast(RAW_SCHEMAS[kind])
-    days = pc.floor(pc.divide(pc.cast(pc.cast(table["ts"], pa.int64()), pa.float64()), DAY_MS))
-    days = pc.cast(days, pa.int64())
-    con = duckdb.connect()
-    try:
-        groups = pa.table({"d": days, "s": table["symbol"]}).group_by(["d", "s"]).aggregate([])
-        for day_index, symbol in zip(groups["d"].to_pylist(), groups["s"].to_pylist(), strict=True):
-            mask = pc.and_(pc.equal(days, day_index), pc.equal(table["symbol"], symbol))
-            batch = table.filter(mask).drop_columns(["symbol"]).cast(file_schema(kind))
-            day = dt.date(1970, 1, 1) + dt.timedelta(days=day_index)
-            directory = partition_dir(root, kind, day, symbol)
-            with _locked(directory):
-                existing = part_files(directory)
-                for path, reason in unreadable(existing).items():
+    ts_ms = table["ts"].cast(pa.int64()).to_numpy()
+    days = ts_ms // DAY_MS
+    symbols = table["symbol"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((days, symbols))  # one pass: runs of (symbol, day)
+    edges = np.flatnonzero(
+        (symbols[order][1:] != symbols[order][:-1]) | (days[order][1:] != days[order][:-1])
+    )
+    for lo, hi in itertools.pairwise([0, *(edges + 1), len(order)]):
+        rows = order[lo:hi]
+        day_index, symbol = int(days[rows[0]]), str(symbols[rows[0]])
+        batch = table.take(pa.array(np.sort(rows))).drop_columns(["symbol"])
+        batch = batch.cast(file_schema(kind))
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=day_index)
+        directory = partition_dir(root, kind, day, symbol)
+        with _locked(directory):
+            spans = {}
+            for path in part_files(directory):
+                try:
+                    spans[path] = _span(path)
+                except Exception as exc:  # pyarrow raises several types for a broken file
+                    reason = f"{type(exc).__name__}: {exc}"
                     stats.quarantined.append(quarantine(root, path, reason))
-                    existing.remove(path)
-                fresh = _new_rows(con, kind, batch, existing).cast(file_schema(kind))
-                if len(fresh):
-                    path = _write_atomic(directory, fresh)
-                    if path is not None:
-                        stats.files.append(path)
-                        stats.rows_written += len(fresh)
-    finally:
-        con.close()
+            # a row's key determines its ts, so only files whose ts range meets the batch's
+            # can hold its keys: appending to a day reads a file or two, not the whole day
+            first, last = int(ts_ms[rows].min()), int(ts_ms[rows].max())
+            meets = [
+                p for p, span in spans.items() if span and span[0] <= last and span[1] >= first
+            ]
+            fresh = _new_rows(kind, batch, meets)
+            if len(fresh):
+                path = _write_atomic(directory, fresh)
+                if path is not None:
+                    stats.files.append(path)
+                    stats.rows_written += len(fresh)
     return stats
 
 
