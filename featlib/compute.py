@@ -458,10 +458,11 @@ def compute(
         )
     columns = {"symbol": grid_table["symbol"], "ts": grid_table["ts"]}
     if isinstance(source, Mapping):
-        results = _compute_local(p, source, grid_table)
-    else:
-        results = _compute_duckdb(p, source, grid_table, pending)
-    for part, result in results:
+        frame = compute_frame(p, source, local.from_arrow(grid_table))
+        table = local.to_arrow(frame, {n: ibis.dtype("float64") for n in p.names})
+        columns.update({name: table[name] for name in p.names})
+        return pa.table({name: columns[name] for name in ("symbol", "ts", *p.names)})
+    for part, result in _compute_duckdb(p, source, grid_table, pending):
         if len(result) != len(grid_table):
             raise RuntimeError(f"{part.source}: {len(result)} rows for {len(grid_table)} grid rows")
         columns.update({f.name: result[f.name] for f in part.features})
@@ -484,20 +485,27 @@ def _compute_duckdb(
         con.unregister("grid")
 
 
-def _compute_local(
-    p: Plan, tables: Mapping[str, pa.Table | local.Frame], grid_table: pa.Table
-) -> Iterator[tuple[SourcePlan, pa.Table]]:
+def compute_frame(
+    p: Plan, tables: Mapping[str, pa.Table | local.Frame], grid: local.Frame
+) -> local.Frame:
+    """compute() on in-memory tables, for the live service: the grid (distinct rows, ordered
+    by symbol and ts) in and the feature columns out as numpy (featlib.local), no Arrow."""
     frames = {
         name: table if isinstance(table, local.Frame) else local.from_arrow(table)
         for name, table in tables.items()
     }
-    frames["grid"] = local.from_arrow(grid_table)
+    frames["grid"] = grid
+    columns = {}
     for part in p.parts:
         if part.events is not None and part.events_table not in frames:
             frames[part.events_table] = local_events(part, frames)
         kept = frames.get(f"frame_{part.source}") if part.frame is not None else None
         seed = {part.frame.op(): kept} if kept is not None else None
-        yield part, local.to_arrow(part.local_expr(frames, seed), part.output_schema)
+        out = part.local_expr(frames, seed)
+        if out.n != grid.n:
+            raise RuntimeError(f"{part.source}: {out.n} rows for {grid.n} grid rows")
+        columns.update({f.name: out.columns[f.name] for f in part.features})
+    return local.Frame({name: columns[name] for name in p.names}, grid.n)
 
 
 def local_events(part: SourcePlan, frames: Mapping[str, local.Frame]) -> local.Frame:

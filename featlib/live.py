@@ -74,9 +74,21 @@ class FeatureVector(BaseModel):
     interval: str = Field(description="cadence: 1s, 3s, 15s or 1m")
     registry_version: str
     features: dict[str, float | None]
-    latency_ms: float = Field(description="receive of the last contributing message -> publish")
+    latency_ms: float = Field(
+        description="the tick's inputs complete -> published: from the receipt of the last "
+        "message the vector waited for (the one that proved every stream past ts, or the "
+        "quiet timeout) to the publish; the service's own time"
+    )
+    wait_ms: float | None = Field(
+        default=None,
+        description="receipt of the last message with data at or before ts -> inputs complete: "
+        "how long the feed took to show that nothing more for ts was coming",
+    )
     received_at: float | None = Field(
-        default=None, description="wall clock (epoch ms) the last contributing message arrived"
+        default=None, description="wall clock (epoch ms): the last message with data <= ts"
+    )
+    complete_at: float | None = Field(
+        default=None, description="wall clock (epoch ms): the tick's inputs complete"
     )
     trace_id: str
     book_desynced: bool = False
@@ -192,6 +204,8 @@ class SymbolState:
     """The first whole second not yet computed."""
     last_received: dict[int, float] = field(default_factory=dict)
     """tick -> wall time (ms) the latest message with ts <= tick was received."""
+    completed_at: dict[int, float] = field(default_factory=dict)
+    """tick -> wall time (ms) its inputs became complete."""
     seen: dict[tuple, int] = field(default_factory=dict)
     """Raw-store keys of recent rows -> their ts: a redelivered message is applied once."""
 
@@ -458,6 +472,7 @@ class LiveEngine:
         ready = []
         while st.next_tick is not None and self._complete(st, st.next_tick, now_wall):
             ready.append((st.symbol, st.next_tick))
+            st.completed_at[st.next_tick] = now_wall
             st.next_tick += self.step
         return ready
 
@@ -475,8 +490,10 @@ class LiveEngine:
         for st in self.symbols.values():
             if self.needs_book:
                 self._sample_book(st, st.event_time + 1)
+            now = time.time() * 1000
             while st.next_tick is not None and st.next_tick <= st.event_time:
                 self.ready.append((st.symbol, st.next_tick))
+                st.completed_at[st.next_tick] = now
                 st.next_tick += self.step
         return self.take_vectors()
 
@@ -506,33 +523,40 @@ class LiveEngine:
                     for s in symbols
                 ]
                 tables[part.events_table] = _concat(frames, part.events_input_schema)
-        grid = pa.table(
-            {"symbol": [s for s, _ in ticks], "ts": pa.array([t for _, t in ticks], pa.int64())}
+        rows = sorted(set(ticks))
+        grid = local.Frame(
+            {
+                "symbol": local.Col(np.array([s for s, _ in rows], dtype=object)),
+                "ts": local.Col(np.array([t for _, t in rows], np.int64)),
+            },
+            len(rows),
         )
-        out = compute.compute(self.plan, tables, grid)
+        out = compute.compute_frame(self.plan, tables, grid)
         done = time.time() * 1000
         names = list(self.plan.names)
-        columns = {n: out[n].to_pylist() for n in names}
+        columns = {n: _values(out.columns[n], out.n) for n in names}
         vectors = []
-        for i, (symbol, tick) in enumerate(
-            zip(out["symbol"].to_pylist(), out["ts"].to_pylist(), strict=True)
-        ):
+        for i, (symbol, tick) in enumerate(rows):
             st = self.symbols[symbol]
             received = max((w for t, w in st.last_received.items() if t <= tick), default=None)
-            latency = max(0.0, done - received) if received is not None else math.nan
+            complete = st.completed_at.pop(tick, done)
+            latency = max(0.0, done - complete)
+            wait = None if received is None else round(max(0.0, complete - received), 3)
             features = {n: columns[n][i] for n in names}
             sample = st.book_samples.get(tick)
             for cadence in self.cadences_ms:
                 if tick % cadence == 0:
                     vectors.append(
-                        FeatureVector(
+                        FeatureVector.model_construct(  # values made here: no validation
                             symbol=symbol,
                             ts=tick,
                             interval=_CADENCE_NAMES.get(cadence, f"{cadence}ms"),
                             registry_version=self.registry_version,
                             features=features,
                             latency_ms=round(latency, 3),
+                            wait_ms=wait,
                             received_at=received,
+                            complete_at=complete,
                             trace_id=uuid.uuid4().hex,
                             book_desynced=bool(sample and sample.get("desynced")),
                         )
@@ -676,6 +700,14 @@ def book_sample(book: Any, tick: int) -> dict[str, Any]:
 
 
 _EMPTY = local.Frame({}, 0)
+
+
+def _values(col: local.Col, n: int) -> list[float | None]:
+    """A feature column as Python values, null as None."""
+    values = local._full_values(col, n).tolist()
+    if col.valid is None:
+        return values
+    return [v if ok else None for v, ok in zip(values, col.mask(n).tolist(), strict=True)]
 
 
 def _by_symbol(frame: local.Frame, symbols: Sequence[str], column: str = "symbol"):

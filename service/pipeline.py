@@ -15,9 +15,10 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
@@ -51,6 +52,8 @@ class DeliveryOrder:
         self.next: dict[Any, int] = {}
         self.held: dict[Any, dict[int, tuple[float, Any]]] = {}
         self.given_up = 0
+        self.holes: dict[Any, int] = defaultdict(int)
+        """Per channel: tags given up (acknowledging past them would lose them)."""
 
     def push(self, channel: Any, tag: int, item: Any) -> None:
         expected = self.next.setdefault(channel, 1)
@@ -74,11 +77,53 @@ class DeliveryOrder:
             if held and now - min(since for since, _ in held.values()) > self.timeout_s:
                 first = min(held)
                 self.given_up += first - self.next[channel]
+                self.holes[channel] += first - self.next[channel]
                 log.warning("deliveries %d..%d never arrived", self.next[channel], first - 1)
                 self.next[channel] = first
                 self._release(channel)
             if not held and len(self.held) > 16:  # a closed connection's channel
                 del self.held[channel], self.next[channel]
+                self.holes.pop(channel, None)
+
+
+class Acks:
+    """Acknowledgements per channel and flush, not per message: a delivery is `settle`d once
+    recorded (or dead-lettered, or found not to be market data), and the broker is told with one
+    `multiple` ack up to the highest tag below which every delivery of the channel is settled
+    (tags count from 1 per channel). A tag DeliveryOrder gave up on never reached the handler:
+    acking past it would lose it, so such a channel's deliveries are acknowledged one by one."""
+
+    def __init__(self) -> None:
+        self.settled: dict[Any, set[int]] = defaultdict(set)
+        self.upto: dict[Any, int] = defaultdict(int)
+
+    def settle(self, channel: Any, tag: int) -> None:
+        self.settled[channel].add(tag)
+
+    async def send(self, holes: Mapping[Any, int]) -> int:
+        """Tell the broker; `holes`: per channel, how many tags were given up (on such a
+        channel every ack is single from then on: a `multiple` one could name a tag acked
+        already, which the broker refuses). Returns how many deliveries were acknowledged."""
+        acked = 0
+        for channel in list(self.settled):
+            settled = self.settled[channel]
+            if holes.get(channel):
+                for tag in sorted(settled):
+                    await channel.basic_ack(delivery_tag=tag, multiple=False)
+                acked += len(settled)
+                settled.clear()
+            else:
+                upto = start = self.upto[channel]
+                while upto + 1 in settled:
+                    upto += 1
+                    settled.discard(upto)
+                if upto > start:
+                    await channel.basic_ack(delivery_tag=upto, multiple=True)
+                    acked += upto - start
+                self.upto[channel] = upto
+            if not settled and getattr(channel, "is_closed", False):
+                del self.settled[channel], self.upto[channel]
+        return acked
 
 
 class LivePipeline:
@@ -109,7 +154,7 @@ class LivePipeline:
             description="One feature vector per symbol and cadence tick (1s/3s/15s/1m): the "
             "registry version's features at that time, null where unavailable.",
         )
-        self.dead = broker.publisher(
+        self.dead = (out or broker).publisher(
             settings.queue_dead_letter,
             title="dead letters",
             description="Messages that could not be parsed, unchanged; headers x-reason, "
@@ -129,6 +174,7 @@ class LivePipeline:
         self._gaps: dict[str, int] = {}
         self.gap_detected_at: dict[str, float] = {}
         self.order = DeliveryOrder(self._apply)
+        self.acks = Acks()
 
     # --- consuming ---------------------------------------------------------------------------
 
@@ -155,7 +201,7 @@ class LivePipeline:
             return self._spawn(self._dead_letter(body, message, queue, exc))
         if parsed is None:  # subscription acks and pongs are not market data
             self.counters["control"] += 1
-            return self._spawn(message.ack())
+            return self._settle(message)
         self.engine.on_message(parsed, received)
         self._watch_book(parsed.symbol)
         self.pending.append((parsed, message))
@@ -165,6 +211,16 @@ class LivePipeline:
             self._wake.set()
         if len(self.pending) >= self.settings.flush_rows:
             self._spawn(self.flush())
+        return None
+
+    def _settle(self, message: RabbitMessage) -> asyncio.Task | None:
+        """Done with a message: acknowledged with its channel's next batch (or now, when it
+        came from no broker channel)."""
+        delivery = getattr(message, "raw_message", None)
+        tag = getattr(delivery, "delivery_tag", None)
+        if tag is None:
+            return self._spawn(message.ack())
+        self.acks.settle(delivery.channel, tag)
         return None
 
     async def _dead_letter(
@@ -177,7 +233,9 @@ class LivePipeline:
         await self.dead.publish(
             body, headers={"x-reason": str(exc), "x-field": exc.field, "x-queue": queue}
         )
-        await message.ack()
+        reply = self._settle(message)
+        if reply is not None:
+            await reply
 
     def _watch_book(self, symbol: str) -> None:
         """A new update-id gap: ask ws-gateway for a fresh snapshot (within the second)."""
@@ -226,14 +284,19 @@ class LivePipeline:
                 self.pending = batch + self.pending
                 self.counters["flush_errors"] += 1
                 return
-            for _, message in batch:
-                try:
-                    await message.ack()
-                    self.counters["acked"] += 1
-                except Exception as exc:  # channel gone: it will be redelivered, and deduped
-                    self.counters["ack_errors"] += 1
-                    log.warning("ack failed (%s); the broker will redeliver", exc)
+            direct = [t for _, message in batch if (t := self._settle(message)) is not None]
+            if direct:  # messages from no broker channel (tests): acknowledged one by one
+                await asyncio.gather(*direct, return_exceptions=True)
+                self.counters["acked"] += len(direct)
+            await self._send_acks()
             self.counters["recorded_rows"] += written
+
+    async def _send_acks(self) -> None:
+        try:
+            self.counters["acked"] += await self.acks.send(self.order.holes)
+        except Exception as exc:  # channel gone: its deliveries come again, and are deduped
+            self.counters["ack_errors"] += 1
+            log.warning("ack failed (%s); the broker will redeliver", exc)
 
     def _write(self, rows: dict[str, list[dict[str, Any]]]) -> int:
         written = 0
@@ -261,8 +324,8 @@ class LivePipeline:
     async def publish(self, vectors: list[FeatureVector]) -> None:
         for vector in vectors:
             now = time.time() * 1000
-            if vector.received_at is not None:
-                vector.latency_ms = round(now - vector.received_at, 3)
+            if vector.complete_at is not None:
+                vector.latency_ms = round(now - vector.complete_at, 3)
                 self.latencies.append(vector.latency_ms)
                 metrics.VECTOR_LATENCY.observe(vector.latency_ms)
                 if vector.latency_ms > self.settings.latency_warn_ms:
@@ -274,8 +337,9 @@ class LivePipeline:
                         vector.latency_ms,
                         self.settings.latency_warn_ms,
                     )
+            body = orjson.dumps(vector.model_dump(mode="json"))
             await self.features.publish(
-                vector.model_dump(mode="json"), correlation_id=vector.trace_id
+                body, correlation_id=vector.trace_id, content_type="application/json"
             )
             self.counters["published"] += 1
             metrics.VECTORS.labels(vector.interval).inc()

@@ -42,7 +42,7 @@ async def _run(app, lines, queue="ws-gateway.kline"):
     out = app.state.out_broker  # vectors leave on their own connection
     dead, vectors = [], []
 
-    @broker.subscriber(settings.queue_dead_letter)
+    @out.subscriber(settings.queue_dead_letter)
     async def collect_dead(message: RabbitMessage) -> None:
         dead.append((message.body, dict(message.headers)))
 
