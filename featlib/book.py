@@ -1,5 +1,6 @@
 """Order book rebuilt from Bybit v5 snapshot + delta messages: one numba kernel serves batch
-replay (a day of messages in one call) and the live service (one message at a time).
+replay (a day of messages, a chunk of Arrow record batch at a time, read from the raw store
+while the book replays the chunks before) and the live service (one message at a time).
 
 Data structure: each side is a price-indexed array of sizes over integer ticks (price × 10**d),
 cut into pages of PAGE ticks taken on demand from one pool shared by both sides; a page table
@@ -31,15 +32,20 @@ ask price changed, a side appearing or emptying included).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from numba import njit
 
-from featlib.schema import BOOK
+from featlib import raw
+from featlib.schema import BOOK, RAW_SCHEMAS
 
 PAGE_BITS = 8
 PAGE = 1 << PAGE_BITS  # ticks per page (25.6 USD of BTCUSDT at tick 0.1); 2 KiB of sizes
@@ -65,8 +71,10 @@ _DONE, _NEED_SLOTS, _NEED_RANGE, _NEED_SCALE = 0, 1, 2, 3
 
 # --- numba kernel -----------------------------------------------------------------------------
 # Hot state (best ticks, level counts, free slots) lives in locals while messages are applied
-# and goes back to `meta` whenever the kernel returns; helpers take the side as a constant and
-# are inlined, so the bid and ask loops compile to straight code.
+# and goes back to `meta` whenever the kernel returns; helpers take the side as a constant (a
+# literal: the bid and ask loops compile to straight code). The per-message helpers are plain
+# calls, not inlined into _run: numba's inlining re-binds their arrays, and the atomic reference
+# counts that costs per message took more time than the levels themselves.
 
 
 @njit(cache=True)
@@ -136,31 +144,26 @@ def _check(pages, free, nfree, base, scale, side, px, sz, lo, hi):
 @njit(cache=True)
 def _set_level(pages, pool, cnt, free, nfree, base, side, tick, size, best, count):
     """Set one level (absolute size, not > 0 deletes); the caller made sure a level to add has
-    its page in the table and a free slot. -> (old size, best, count, nfree)."""
+    its page in the table and a free slot. -> (old size, best, count, nfree). Branch-light: the
+    sizes of a stream's levels are as good as random."""
     idx = (tick >> PAGE_BITS) - base
     off = tick & _MASK
-    if size > 0.0:
-        slot = pages[side, idx]
-        if slot < 0:
-            nfree -= 1
-            slot = free[nfree]
-            pages[side, idx] = slot
-        old = pool[slot, off]
-        pool[slot, off] = size
-        if old == 0.0:
-            cnt[slot] += 1
-            count += 1
-            if best < 0 or (tick > best if side == 0 else tick < best):
-                best = tick
-        return old, best, count, nfree
-    if idx < 0 or idx >= pages.shape[1] or pages[side, idx] < 0:
-        return 0.0, best, count, nfree
-    slot = pages[side, idx]
+    add = size > 0.0
+    slot = pages[side, idx] if 0 <= idx < pages.shape[1] else -1
+    if slot < 0:
+        if not add:  # nothing to delete
+            return 0.0, best, count, nfree
+        nfree -= 1
+        slot = free[nfree]
+        pages[side, idx] = slot
     old = pool[slot, off]
-    if old > 0.0:
-        pool[slot, off] = 0.0
-        cnt[slot] -= 1
-        count -= 1
+    pool[slot, off] = size if add else 0.0
+    delta = np.int32(add) - np.int32(old > 0.0)  # +1 level added, -1 deleted
+    cnt[slot] += delta
+    count += delta
+    better = (best < 0) | ((tick > best) if side == 0 else (tick < best))
+    best = tick if add & better else best
+    if delta < 0:
         if cnt[slot] == 0:
             pages[side, idx] = -1
             free[nfree] = slot
@@ -173,7 +176,7 @@ def _set_level(pages, pool, cnt, free, nfree, base, side, tick, size, best, coun
     return old, best, count, nfree
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _apply_side(
     pages, pool, cnt, free, nfree, base, scale, side, px, sz, lo, hi, best, count, undo
 ):
@@ -198,7 +201,7 @@ def _apply_side(
     return best, count, nfree, _DONE, hi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _undo_side(pages, pool, cnt, free, nfree, base, scale, side, px, lo, stop, best, count, undo):
     """Put back the old sizes of levels px[lo:stop], last first. -> (best, count, nfree)."""
     for k in range(stop - 1, lo - 1, -1):
@@ -243,10 +246,12 @@ def _top(pages, pool, base, side, scale, best, count, out_px, out_sz):
 
 
 @njit(cache=True, nogil=True)
-def _run(book, cursor, scale, msgs, out, ch_ts, ch_desync, undo):
+def _run(book, cursor, scale, msgs, final, out, ch_ts, ch_desync, undo):
     """Apply messages from cursor[0] on, sampling the book at out[0] (the state after every
-    message with ts <= s) and recording best-price changes. Stops before a message the book
-    must grow for (returns why; cursor[0] says which) and resumes there when called again."""
+    message with ts <= s) and recording best-price changes; the times left after the last
+    message are sampled only if `final` (else the next chunk of the stream samples them before
+    its first message). Stops before a message the book must grow for (returns why; cursor[0]
+    says which) and resumes there when called again."""
     meta, pages, pool, cnt, free = book
     snap, uid, ts, boff, bpx, bsz, aoff, apx, asz = msgs
     sample_ts, s_bpx, s_bsz, s_apx, s_asz, s_desync, s_uid, s_ts = out
@@ -265,10 +270,13 @@ def _run(book, cursor, scale, msgs, out, ch_ts, ch_desync, undo):
     i, j, nch = cursor[0], cursor[1], cursor[2]
     status = _DONE
     while True:
-        stop = ts[i] if i < ts.shape[0] else np.iinfo(np.int64).max
+        if i < ts.shape[0]:
+            stop = ts[i]
+        else:
+            stop = np.iinfo(np.int64).max if final else np.iinfo(np.int64).min
         while j < sample_ts.shape[0] and sample_ts[j] < stop:
-            _top(pages, pool, base, 0, scale, bb, nb, s_bpx[j], s_bsz[j])
-            _top(pages, pool, base, 1, scale, ba, na, s_apx[j], s_asz[j])
+            _top(pages, pool, base, 0, scale, bb, nb, s_bpx[:, j], s_bsz[:, j])
+            _top(pages, pool, base, 1, scale, ba, na, s_apx[:, j], s_asz[:, j])
             s_desync[j] = desync
             s_uid[j] = last_u if has_u else _MISSING
             s_ts[j] = last_ts if has_u else _MISSING
@@ -387,7 +395,8 @@ def _load(meta, pages, pool, cnt, free, side, prices, sizes, scale):
 
 
 class _Messages(NamedTuple):
-    """One stream's messages as flat numpy arrays (levels of message i: off[i]:off[i+1])."""
+    """A chunk of one stream's messages as numpy arrays: levels of message i are
+    px[off[i]:off[i+1]] (int32 offsets, as Arrow's lists hold them: off[0] need not be 0)."""
 
     snap: np.ndarray
     uid: np.ndarray
@@ -402,7 +411,7 @@ class _Messages(NamedTuple):
 
 def _empty_messages() -> _Messages:
     f, i = np.empty(0, np.float64), np.empty(0, np.int64)
-    off = np.zeros(1, np.int64)
+    off = np.zeros(1, np.int32)
     return _Messages(np.empty(0, np.bool_), i, i, off, f, f, off, f, f)
 
 
@@ -421,7 +430,13 @@ class OrderBook:
         self._cnt = np.zeros(0, np.int32)
         self._free = np.zeros(0, np.int32)
         self._grow_pool(8)
-        self._one = (np.zeros(1, np.bool_), *(np.zeros(n, np.int64) for n in (1, 1, 2, 2)))
+        self._one = (
+            np.zeros(1, np.bool_),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.int64),
+            np.zeros(2, np.int32),
+            np.zeros(2, np.int32),
+        )
 
     def apply(
         self,
@@ -441,7 +456,7 @@ class OrderBook:
         snap, uid, stamp, boff, aoff = self._one
         snap[0], uid[0], stamp[0], boff[1], aoff[1] = is_snapshot, update_id, ts, len(bpx), len(apx)
         message = _Messages(snap, uid, stamp, boff, bpx, bsz, aoff, apx, asz)
-        _drive(self, message, _NO_SAMPLES, (np.empty(len(bpx)), np.empty(len(apx))))
+        _drive(self, [message], _NO_SAMPLES, (np.empty(len(bpx)), np.empty(len(apx))))
 
     @property
     def desynced(self) -> bool:
@@ -602,37 +617,73 @@ class _Samples(NamedTuple):
 
 def _new_samples(sample_ts: np.ndarray, levels: int) -> _Samples:
     n = len(sample_ts)
-    grids = [np.empty((n, levels), np.float64) for _ in range(4)]
+    grids = [np.empty((levels, n), np.float64) for _ in range(4)]  # a column per level
     return _Samples(
         sample_ts, *grids, np.zeros(n, np.bool_), np.empty(n, np.int64), np.empty(n, np.int64)
     )
 
 
 _NO_SAMPLES = _new_samples(np.empty(0, np.int64), 0)
+_NO_UNDO = (np.empty(0), np.empty(0))
 _POW10_ARRAY = np.array(_POW10)
 
 
 def _drive(
     book: OrderBook,
-    m: _Messages,
+    chunks: Iterable[_Messages],
     samples: _Samples,
     undo: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the kernel over messages, growing the book whenever it stops before a message; fills
-    samples, returns the best-price changes (ts, desynced). undo: scratch for the most bid and
-    ask levels in one message."""
-    ch_ts = np.empty(len(m.ts), np.int64)
-    ch_desync = np.empty(len(m.ts), np.bool_)
-    if undo is None:
-        undo = (np.empty(_longest(m.boff)), np.empty(_longest(m.aoff)))
-    cursor = np.zeros(3, np.int64)
+    """Run the kernel over a stream's chunks of messages in order, growing the book whenever it
+    stops before a message; fills samples, returns the best-price changes (ts, desynced).
+    undo: scratch for the most bid and ask levels in one message (sized here when None)."""
+    cursor = np.zeros(3, np.int64)  # message in the chunk, next sample, changes in the chunk
+    changes, done, sized = [], 0, undo is not None
+    for m in chunks:
+        if not sized:
+            undo = _scratch(undo, m)
+        ch = (np.empty(len(m.ts), np.int64), np.empty(len(m.ts), np.bool_))
+        _drive_chunk(book, m, done, False, cursor, samples, ch, undo)
+        changes.append((ch[0][: cursor[2]], ch[1][: cursor[2]]))
+        done += len(m.ts)
+    if cursor[1] < len(samples.ts) or not changes:  # the times after the last message
+        ch = (np.empty(0, np.int64), np.empty(0, np.bool_))
+        _drive_chunk(book, _NO_MESSAGES, done, True, cursor, samples, ch, _NO_UNDO)
+        changes.append(ch)
+    if len(changes) == 1:
+        return changes[0]
+    return np.concatenate([c[0] for c in changes]), np.concatenate([c[1] for c in changes])
+
+
+def _scratch(
+    undo: tuple[np.ndarray, np.ndarray] | None, m: _Messages
+) -> tuple[np.ndarray, np.ndarray]:
+    """undo, or new arrays when it is short for a message of m."""
+    bids, asks = _longest(m.boff), _longest(m.aoff)
+    if undo is not None and len(undo[0]) >= bids and len(undo[1]) >= asks:
+        return undo
+    return np.empty(bids), np.empty(asks)
+
+
+def _drive_chunk(
+    book: OrderBook,
+    m: _Messages,
+    done: int,
+    final: bool,
+    cursor: np.ndarray,
+    samples: _Samples,
+    changes: tuple[np.ndarray, np.ndarray],
+    undo: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """_drive on one chunk, which follows `done` messages of the stream (final: the last)."""
+    cursor[0] = cursor[2] = 0
     msgs = tuple(map(_readonly, m))  # Arrow buffers are read-only: one compiled signature
     while True:
         state = (book._meta, book._pages, book._pool, book._cnt, book._free)
         scale = _POW10[int(book._meta[_DEC])]
-        status = _run(state, cursor, scale, msgs, tuple(samples), ch_ts, ch_desync, undo)
+        status = _run(state, cursor, scale, msgs, final, tuple(samples), *changes, undo)
         if status == _DONE:
-            break
+            return
         i = int(cursor[0])
         prices = np.concatenate(
             [m.bpx[m.boff[i] : m.boff[i + 1]], m.apx[m.aoff[i] : m.aoff[i + 1]]]
@@ -641,8 +692,9 @@ def _drive(
             decimals = _decimals(prices, int(book._meta[_DEC]), _POW10_ARRAY)
             if decimals < 0:
                 raise ValueError(
-                    f"message {i} (u={int(m.uid[i])}): its prices ({prices[:4].tolist()}...) are "
-                    f"not positive decimals on one grid of at most {MAX_DECIMALS} places"
+                    f"message {done + i} (u={int(m.uid[i])}): its prices "
+                    f"({prices[:4].tolist()}...) are not positive decimals on one grid of at "
+                    f"most {MAX_DECIMALS} places"
                 )
             book._rescale(decimals)
         elif status == _NEED_RANGE:
@@ -653,8 +705,6 @@ def _drive(
             book._grow_range(int(pages.min()), int(pages.max()))
         else:
             book._grow_pool(2 * len(book._cnt))
-    n = int(cursor[2])
-    return ch_ts[:n], ch_desync[:n]
 
 
 def _readonly(values: np.ndarray) -> np.ndarray:
@@ -696,27 +746,41 @@ def stream_messages(
 ) -> pa.Table:
     """One stream's snapshot and delta rows (+ `is_snapshot`) in processing order: by ts, then
     update_id, snapshots first on ties. depth None: the deepest stream present for symbol."""
-    parts = []
-    for table, is_snapshot in ((snapshots, True), (deltas, False)):
-        missing = [n for n in REPLAY_COLUMNS if n not in table.column_names]
-        if missing:
-            raise ValueError(f"book messages lack the column(s) {missing}")
-        schema = pa.schema([f for f in BOOK if f.name in table.column_names])
-        rows = table.select(schema.names).cast(schema)
-        rows = _only(rows, pc.equal(rows["symbol"], symbol))
-        parts.append(rows.append_column("is_snapshot", pa.repeat(is_snapshot, len(rows))))
-    both = pa.concat_tables(parts)
-    if depth is None and len(both):
-        depth = pc.max(both["depth"]).as_py()
-    if depth is not None:
-        both = _only(both, pc.equal(both["depth"], depth))
+    snaps, rows = _rows(snapshots, symbol, True), _rows(deltas, symbol, False)
+    if depth is None:
+        depth = _deepest(snaps, rows)
+    snaps, rows = _of_depth(snaps, depth), _of_depth(rows, depth)
+    if _sorted(snaps) and _sorted(rows):  # as the writers store them: merged, no list moves
+        return pa.concat_tables([snaps.slice(0, 0), *_merge(snaps, [rows])])
+    both = pa.concat_tables([snaps, rows])
     order = pc.sort_indices(
         both.select(["ts", "update_id", "is_snapshot"]),
         [("ts", "ascending"), ("update_id", "ascending"), ("is_snapshot", "descending")],
-    ).to_numpy()
-    if np.array_equal(order, np.arange(len(order))):  # stored in order: skip moving the lists
-        return both
+    )
     return both.take(order)
+
+
+def _rows(table: pa.Table, symbol: str, is_snapshot: bool) -> pa.Table:
+    """symbol's rows of a snapshot or delta table, cast to schema.BOOK, + `is_snapshot`."""
+    missing = [n for n in REPLAY_COLUMNS if n not in table.column_names]
+    if missing:
+        raise ValueError(f"book messages lack the column(s) {missing}")
+    schema = pa.schema([f for f in BOOK if f.name in table.column_names])
+    rows = table.select(schema.names).cast(schema)
+    rows = _only(rows, pc.equal(rows["symbol"], symbol))
+    return rows.append_column("is_snapshot", pa.repeat(is_snapshot, len(rows)))
+
+
+def _deepest(*tables: pa.Table) -> int | None:
+    """The largest depth in the tables (None when they are empty)."""
+    depths = pa.chunked_array(
+        [c for t in tables for c in t["depth"].chunks], BOOK.field("depth").type
+    )
+    return pc.max(depths).as_py() if len(depths) else None
+
+
+def _of_depth(table: pa.Table, depth: int | None) -> pa.Table:
+    return table if depth is None else _only(table, pc.equal(table["depth"], depth))
 
 
 def _only(table: pa.Table, keep: pa.ChunkedArray) -> pa.Table:
@@ -724,38 +788,213 @@ def _only(table: pa.Table, keep: pa.ChunkedArray) -> pa.Table:
     return table if pc.all(keep).as_py() is not False else table.filter(keep)
 
 
-def _flatten(messages: pa.Table) -> _Messages:
-    """Arrow list columns -> flat values + offsets (no per-message Python)."""
+def _keys(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(ts, update_id) as int64 arrays."""
+    ts, uid = (table[n].cast(pa.int64()).to_numpy() for n in ("ts", "update_id"))
+    return ts, uid
+
+
+def _sorted(table: pa.Table) -> bool:
+    """Rows in (ts, update_id) order, without nulls."""
+    if table["ts"].null_count or table["update_id"].null_count:
+        return False
+    ts, uid = _keys(table)
+    later = ts[1:] > ts[:-1]
+    return bool(np.all(later | (ts[1:] == ts[:-1])) and np.all(later | (uid[1:] >= uid[:-1])))
+
+
+def _merge(snapshots: pa.Table, deltas: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """Snapshot rows merged into consecutive delta tables (all in (ts, update_id) order) as the
+    sort in stream_messages would, snapshots first on ties: slices, in processing order."""
+    s_ts, s_uid = _keys(snapshots)
+    j = 0
+    for part in deltas:
+        if j < len(s_ts) and len(part):
+            ts, uid = _keys(part)
+            start = 0
+            while j < len(s_ts) and (s_ts[j], s_uid[j]) <= (ts[-1], uid[-1]):
+                lo, hi = np.searchsorted(ts, [s_ts[j], s_ts[j] + 1])
+                at = int(lo + np.searchsorted(uid[lo:hi], s_uid[j]))
+                yield from _nonempty(part.slice(start, at - start), snapshots.slice(j, 1))
+                start, j = at, j + 1
+            part = part.slice(start)
+        yield from _nonempty(part)
+    yield from _nonempty(snapshots.slice(j))
+
+
+def _nonempty(*tables: pa.Table) -> Iterator[pa.Table]:
+    return (t for t in tables if len(t))
+
+
+def read_stream(root: Path, symbol: str, start_ms: int, end_ms: int) -> Iterator[pa.Table]:
+    """stream_messages of the raw store's book rows of symbol in [start_ms, end_ms) (its
+    deepest stream), as consecutive tables for replay_parts: the deltas are decoded batch by
+    batch on a worker thread while the caller replays what came before. Delta files that cannot
+    be read so (other column types, rows not in time order, ...) are read whole, as raw.read
+    does: then the stream comes as one table."""
+
+    def read(kind: str) -> pa.Table:
+        return raw.read(root, kind, [symbol], start_ms, end_ms, False, REPLAY_COLUMNS)
+
+    snapshots = read("orderbook_snapshots")
+    paths = raw.files(root, "orderbook_deltas", [symbol], start_ms, end_ms)
+    with _ReadAhead(_delta_parts(paths, start_ms, end_ms)) as parts:  # decoding from now on
+        keys = _delta_keys(paths, start_ms, end_ms)
+        if keys is not None:
+            snaps = _rows(snapshots, symbol, True)
+            depth = _deepest(snaps, keys)
+            snaps = _of_depth(snaps, depth)
+            if _sorted(snaps) and _sorted(_of_depth(keys, depth)):
+                yield from _merge(snaps, (_of_depth(part, depth) for part in parts))
+                return
+    yield stream_messages(snapshots, read("orderbook_deltas"), symbol)
+
+
+_DELTA_COLUMNS = [n for n in REPLAY_COLUMNS if n != "symbol"]  # symbol: the partition's
+_BATCH = 1 << 16  # rows decoded at a time by read_stream
+
+
+def _delta_keys(paths: list[Path], start_ms: int, end_ms: int) -> pa.Table | None:
+    """ts, update_id and depth of the delta rows raw.read would give from these files; None
+    unless _delta_parts gives those very rows: every file readable, with the canonical column
+    types, in time order (raw.read takes a slice of each then)."""
+    if not paths or raw.unreadable(paths):
+        return None
+    want = RAW_SCHEMAS["orderbook_deltas"]
+    keys = []
+    for path in paths:
+        stored = pq.read_schema(path)
+        for name in _DELTA_COLUMNS:
+            at = stored.get_field_index(name)
+            if at < 0 or stored.field(at).type != want.field(name).type:
+                return None
+        table = pq.read_table(path, columns=["ts", "update_id", "depth"])
+        ts = table["ts"].cast(pa.int64()).to_numpy()
+        if np.any(ts[1:] < ts[:-1]):
+            return None
+        first, last = np.searchsorted(ts, [start_ms, end_ms])
+        keys.append(table.slice(first, last - first))
+    return pa.concat_tables(keys)
+
+
+def _delta_parts(paths: list[Path], start_ms: int, end_ms: int) -> Iterator[pa.Table]:
+    """The rows in [start_ms, end_ms) of delta files in time order, batch by batch, as stream
+    rows."""
+    for path in paths:
+        with pq.ParquetFile(path) as parquet:
+            for batch in parquet.iter_batches(_BATCH, columns=_DELTA_COLUMNS):
+                ts = batch["ts"].cast(pa.int64()).to_numpy()
+                lo, hi = np.searchsorted(ts, [start_ms, end_ms])
+                if lo < hi:
+                    part = pa.Table.from_batches([batch.slice(lo, hi - lo)])
+                    yield part.append_column("is_snapshot", pa.repeat(False, len(part)))
+                if hi < len(ts):  # the rest is later still
+                    break
+
+
+class _ReadAhead:
+    """An iterator's items, made on a worker thread from now on, up to `ahead` before they are
+    taken (pyarrow decodes Parquet without the GIL, and the kernel runs without it)."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], ahead: int = 4) -> None:
+        self._items = items
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="book-read")
+        self._pending = deque(self._pool.submit(next, items, self._END) for _ in range(ahead))
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self._pending.popleft().result()) is not self._END:
+            self._pending.append(self._pool.submit(next, self._items, self._END))
+            yield item
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+def _flatten(
+    messages: pa.Table, seen: dict[str, Any] | None = None, row: int = 0
+) -> list[_Messages]:
+    """Arrow columns -> one _Messages per record batch: the level lists are Arrow's own offsets
+    and values, not copied (no per-message Python). seen: symbol and depth of the stream's
+    parts before (row: how many rows they held)."""
+    seen = {} if seen is None else seen
     for column in ("symbol", "depth"):  # (pc.unique on strings costs 10x this)
         values = messages[column] if column in messages.column_names else []
-        if len(values) and not pc.all(pc.equal(values, values[0])).as_py():
-            raise ValueError(f"replay takes one stream; messages hold several {column} values")
-    ts = np.ascontiguousarray(messages["ts"].cast(pa.int64()).to_numpy(), np.int64)
-    if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
-        raise ValueError("messages are not in processing order (ts decreases): stream_messages")
-    sides = []
-    for side in ("bid", "ask"):
-        lengths = [
-            pc.list_value_length(messages[f"{side}_{what}"]).fill_null(0).to_numpy()
-            for what in ("price", "size")
+        if len(values):
+            first = seen.setdefault(column, values[0])
+            if not pc.all(pc.equal(values, first)).as_py():
+                raise ValueError(f"replay takes one stream; messages hold several {column} values")
+    lists = [f"{side}_{what}" for side in ("bid", "ask") for what in ("price", "size")]
+    batches = [
+        b
+        for b in messages.select(["is_snapshot", "update_id", "ts", *lists]).to_batches()
+        if len(b)
+    ]
+    stamps = [_numbers(b["ts"].cast(pa.int64()), np.int64) for b in batches]
+    last = seen.get("ts")
+    for ts in stamps:
+        if (last is not None and ts[0] < last) or np.any(ts[1:] < ts[:-1]):
+            raise ValueError("messages are not in processing order (ts decreases): stream_messages")
+        last = seen["ts"] = ts[-1]
+    chunks = []
+    for batch, ts in zip(batches, stamps, strict=True):
+        sides = [
+            _side(batch[f"{side}_price"], batch[f"{side}_size"], side, row)
+            for side in ("bid", "ask")
         ]
-        if not np.array_equal(lengths[0], lengths[1]):
-            row = int(np.flatnonzero(lengths[0] != lengths[1])[0])
-            raise ValueError(f"row {row}: {side}_price and {side}_size differ in length")
-        offsets = np.zeros(len(ts) + 1, np.int64)
-        np.cumsum(lengths[0], out=offsets[1:])
-        values = [
-            np.ascontiguousarray(pc.list_flatten(messages[f"{side}_{what}"]).to_numpy(), np.float64)
-            for what in ("price", "size")
-        ]
-        sides.append((offsets, *values))
-    return _Messages(
-        np.ascontiguousarray(messages["is_snapshot"].to_numpy(), np.bool_),
-        np.ascontiguousarray(messages["update_id"].to_numpy(), np.int64),
-        ts,
-        *sides[0],
-        *sides[1],
-    )
+        snap, uid = (
+            _numbers(batch[n], t) for n, t in (("is_snapshot", np.bool_), ("update_id", np.int64))
+        )
+        chunks.append(_Messages(snap, uid, ts, *sides[0], *sides[1]))
+        row += len(batch)
+    return chunks
+
+
+def _chunks(parts: Iterable[pa.Table]) -> Iterator[_Messages]:
+    """_flatten of each of a stream's consecutive tables, checked as their concatenation."""
+    seen: dict[str, Any] = {}
+    row = 0
+    for part in parts:
+        yield from _flatten(part, seen, row)
+        row += len(part)
+
+
+def _numbers(values: pa.Array, dtype: type) -> np.ndarray:
+    """A numpy view of values (a copy for booleans or nulls)."""
+    return np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype)
+
+
+def _side(
+    prices: pa.Array, sizes: pa.Array, side: str, row: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One side's price and size lists of a batch (first row: `row` of the stream) -> kernel
+    (offsets, prices, sizes): offsets of one list, the other's values shifted to match."""
+    (px_off, px), (sz_off, sz) = _list_parts(prices), _list_parts(sizes)
+    if not np.array_equal(px_off, sz_off):
+        px_len, sz_len = np.diff(px_off), np.diff(sz_off)
+        if not np.array_equal(px_len, sz_len):
+            bad = row + int(np.flatnonzero(px_len != sz_len)[0])
+            raise ValueError(f"row {bad}: {side}_price and {side}_size differ in length")
+        shift = int(sz_off[0]) - int(px_off[0])
+        if shift >= 0:
+            sz = sz[shift:]
+        else:
+            px_off, px = sz_off, px[-shift:]
+    return px_off, px, sz
+
+
+def _list_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list array -> (int32 offsets, float64 values), views of its buffers when it is a
+    list<double> without null lists (a null list counts as empty)."""
+    if not (pa.types.is_list(values.type) and values.type.value_type == pa.float64()):
+        values = values.cast(pa.list_(pa.float64()))
+    if values.null_count:  # a null list may span values of the child array
+        values = values.fill_null(pa.scalar([], values.type))
+    return values.offsets.to_numpy(), _numbers(values.values, np.float64)
 
 
 def _int_column(values: np.ndarray) -> pa.Array:
@@ -773,6 +1012,14 @@ def replay(
     changes: ts and desynced (before or after the message) of each message that moved the best
     bid or ask price. counters: see the module docstring.
     """
+    return replay_parts([messages], sample_ts, levels)
+
+
+def replay_parts(
+    parts: Iterable[pa.Table], sample_ts: np.ndarray, levels: int = 10
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """replay of one stream given as consecutive tables (read_stream's, say: each is replayed
+    as it comes); the same result as replay of their concatenation."""
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
     sample_ts = np.array(sample_ts, np.int64).reshape(-1)  # a writable copy: one signature
@@ -780,11 +1027,11 @@ def replay(
         raise ValueError("sample_ts must be sorted ascending")
     book = OrderBook()
     samples = _new_samples(sample_ts, levels)
-    ch_ts, ch_desync = _drive(book, _flatten(messages), samples)
+    ch_ts, ch_desync = _drive(book, _chunks(parts), samples)
     columns: dict[str, Any] = {"ts": pa.array(sample_ts, pa.int64())}
     for name, grid in zip(_SIDES, samples[1:5], strict=True):
         for k in range(levels):
-            values = np.ascontiguousarray(grid[:, k])
+            values = grid[k]
             columns[f"{name}_{k + 1}"] = pa.array(values, pa.float64(), mask=np.isnan(values))
     columns["desynced"] = pa.array(samples.desynced, pa.bool_())
     columns["update_id"] = _int_column(samples.uid)
@@ -796,11 +1043,11 @@ def replay(
 def sample(book: OrderBook, ts: int, levels: int = 10) -> dict[str, Any]:
     """The live book as one `replay` samples row at time ts (same columns, same values)."""
     samples = _new_samples(np.array([ts], np.int64), levels)
-    _drive(book, _NO_MESSAGES, samples)
+    _drive(book, [], samples)
     row: dict[str, Any] = {"ts": int(ts)}
     for name, grid in zip(_SIDES, samples[1:5], strict=True):
         for k in range(levels):
-            value = float(grid[0, k])
+            value = float(grid[k, 0])
             row[f"{name}_{k + 1}"] = None if math.isnan(value) else value
     row["desynced"] = bool(samples.desynced[0])
     for name, values in (("update_id", samples.uid), ("book_ts", samples.book_ts)):

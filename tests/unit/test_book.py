@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import bisect
 import io
+import itertools
 import math
 import zipfile
 from collections import defaultdict
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from featlib import book
+from featlib import book, raw
 from featlib.bybit import parse_message
 from featlib.capture import read_lines
 from featlib.schema import BOOK
@@ -584,3 +587,124 @@ def test_sizes_from_numpy_and_lists_agree():
         )
     for x, y in zip(a.top(20), b.top(20), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def cut(table: pa.Table, at: list[int]) -> list[pa.Table]:
+    """table cut before each of the rows `at` (ascending; a row given twice: an empty part)."""
+    edges = [0, *at, len(table)]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(edges)]
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_replay_in_parts_equals_replay_in_one(capture):
+    """The kernel replays a stream chunk by chunk (Arrow's record batches, read_stream's parts).
+    Cut anywhere — between two messages of one ts, before the first, after the last, into empty
+    parts — and given as parts or as one many-chunk table, a stream replays to the very samples,
+    changes and counters of one piece."""
+    for key, rows in capture_streams(capture).items():
+        if len(rows) > 100:  # a ts shared by two messages, then cut between them
+            rows = [*rows[:50], {**rows[50], "ts": rows[49]["ts"]}, *rows[51:]]
+        ts = [msg["ts"] for msg in rows]
+        ties = [n for n in range(1, len(ts)) if ts[n] == ts[n - 1]]
+        assert ties, key
+        n = len(rows)
+        at = sorted([0, 0, 1, *ties[:3], n // 3, n // 3, 2 * n // 3, n - 1, n])
+        table, times = as_table(rows), sample_times(ts)
+        want = book.replay(table, times)
+        assert want[2]["messages"] == n
+        chunked = pa.concat_tables(cut(table, at))
+        assert len(chunked.to_batches()) > 5
+        for got in (book.replay_parts(cut(table, at), times), book.replay(chunked, times)):
+            assert got[0].equals(want[0]), key
+            assert got[1].equals(want[1]), key
+            assert got[2] == want[2], key
+
+
+def test_stream_messages_merges_snapshots_where_the_sort_puts_them():
+    """Snapshots before, among (same ts and update id as a delta, or same ts and the next id)
+    and after the deltas: where sorting by (ts, update_id, snapshots first) puts them, whether
+    the deltas come in order (merged, lists not moved) or not (sorted)."""
+    rows = btc_2023()
+    first, k = rows[0], 3000
+    snaps = [
+        first,
+        {**first, "ts": rows[k]["ts"], "update_id": rows[k]["update_id"]},
+        {**first, "ts": rows[k]["ts"], "update_id": rows[k]["update_id"] + 1},
+        {**first, "ts": rows[-1]["ts"] + 1},
+    ]
+    snapshots, deltas = as_table(snaps), as_table(rows[1:])
+    expected = sorted(
+        [*snaps, *rows[1:]], key=lambda r: (r["ts"], r["update_id"], not r["is_snapshot"])
+    )
+    shuffled = deltas.take(np.random.default_rng(0).permutation(len(deltas)))
+    for stored in (deltas, shuffled):
+        got = book.stream_messages(
+            snapshots.drop(["is_snapshot"]), stored.drop(["is_snapshot"]), "BTCUSDT"
+        )
+        assert got.equals(as_table(expected))
+
+
+@pytest.fixture(scope="module")
+def eth_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Raw store of the real ETHUSDT capture (an orderbook.1 and an ob500 stream in one file),
+    with the ob500 snapshot stored twice more: at the ts and update id of a delta, and at the
+    ts of another delta after it."""
+    root = tmp_path_factory.mktemp("eth-book")
+    snapshots, deltas = book_tables(read_lines(shared(CAPTURE_2024_ETH)))
+    deep = deltas.filter(pc.equal(deltas["depth"], 500)).to_pylist()
+    (first,) = snapshots.filter(pc.equal(snapshots["depth"], 500)).to_pylist()
+    again = [
+        {**first, "ts": deep[3000]["ts"], "update_id": deep[3000]["update_id"]},
+        {**first, "ts": deep[6000]["ts"], "update_id": deep[5999]["update_id"]},
+    ]
+    raw.write(
+        root,
+        "orderbook_snapshots",
+        pa.concat_tables([snapshots, pa.Table.from_pylist(again, schema=BOOK)]),
+    )
+    raw.write(root, "orderbook_deltas", deltas)
+    return root
+
+
+def read_whole(root: Path, symbol: str, start: int, end: int) -> pa.Table:
+    """The stream as raw.read and stream_messages give it."""
+    snapshots, deltas = (
+        raw.read(root, kind, [symbol], start, end, ordered=False, columns=book.REPLAY_COLUMNS)
+        for kind in ("orderbook_snapshots", "orderbook_deltas")
+    )
+    return book.stream_messages(snapshots, deltas, symbol)
+
+
+def test_read_stream_equals_raw_read_and_stream_messages(eth_store, monkeypatch):
+    """read_stream decodes the deltas batch by batch (here 700 rows) on a worker thread: the
+    rows of the deepest stream (snapshots merged in), over the whole day and over a window
+    cutting it, are those of raw.read + stream_messages, and replay_parts of them equals replay
+    of those."""
+    monkeypatch.setattr(book, "_BATCH", 700)
+    ts = raw.read(eth_store, "orderbook_deltas")["ts"].cast(pa.int64()).to_numpy()
+    day = (int(ts.min()) - 60_000, int(ts.max()) + 1)  # the first snapshot comes before
+    window = (int(np.quantile(ts, 0.3)), int(np.quantile(ts, 0.8)))
+    for start, end in (day, window):
+        parts = list(book.read_stream(eth_store, "ETHUSDT", start, end))
+        whole = read_whole(eth_store, "ETHUSDT", start, end)
+        assert len(parts) > 5 and set(whole["depth"].to_pylist()) == {500}
+        assert sum(whole["is_snapshot"].to_pylist()) == (3 if start == day[0] else 2)
+        for name in whole.column_names:
+            if name != "symbol":  # the partition's (delta parts leave it out)
+                streamed = pa.chunked_array([c for p in parts for c in p[name].chunks])
+                assert streamed.equals(whole[name]), name
+        times = sample_times(ts[(ts >= start) & (ts < end)].tolist())
+        got, want = book.replay_parts(parts, times), book.replay(whole, times)
+        assert got[0].equals(want[0]) and got[1].equals(want[1]) and got[2] == want[2]
+
+
+def test_read_stream_reads_deltas_out_of_time_order_whole(tmp_path):
+    """A delta file not in time order is read as raw.read reads it (filtered, not sliced), and
+    the stream comes sorted, in one table."""
+    snapshots, deltas = book_tables(read_lines(shared(CAPTURE_2024_ETH)))
+    raw.write(tmp_path, "orderbook_snapshots", snapshots)
+    raw.write(tmp_path, "orderbook_deltas", deltas.take(np.arange(len(deltas))[::-1]))
+    ts = deltas["ts"].cast(pa.int64()).to_numpy()
+    start, end = int(np.quantile(ts, 0.2)), int(ts.max()) + 1
+    parts = list(book.read_stream(tmp_path, "ETHUSDT", start, end))
+    assert len(parts) == 1 and parts[0].equals(read_whole(tmp_path, "ETHUSDT", start, end))
