@@ -49,7 +49,7 @@ from featlib.splits import (
     fold_windows,
     split_metadata,
 )
-from featlib.targets import SOURCE_OF, TargetSpec, compute_targets
+from featlib.targets import TargetSpec, compute_targets
 from featlib.timeutil import (
     DAY_MS,
     MINUTE_MS,
@@ -172,18 +172,12 @@ def book_tables(
     samples, changes, files = [], [], []
     quality = {"gaps": 0, "stale": 0, "crossed": 0, "desynced_samples": 0}
     for symbol in symbols:
-        tables = {}
         for kind in ("orderbook_snapshots", "orderbook_deltas"):
             files += raw.files(data_dir, kind, [symbol], since_ms, end)
-            # stream_messages puts them in processing order
-            tables[kind] = raw.read(
-                data_dir, kind, [symbol], since_ms, end, ordered=False, columns=book.REPLAY_COLUMNS
-            )
         times = grid.filter(pc.equal(grid["symbol"], symbol))["ts"].to_numpy()
-        messages = book.stream_messages(
-            tables["orderbook_snapshots"], tables["orderbook_deltas"], symbol
-        )
-        sampled, changed, counters = book.replay(messages, times)
+        # the deltas are decoded on a worker thread while the book replays the ones before
+        messages = book.read_stream(data_dir, symbol, since_ms, end)
+        sampled, changed, counters = book.replay_parts(messages, times)
         for key in ("gaps", "stale", "crossed"):
             quality[key] += int(counters.get(key, 0))
         quality["desynced_samples"] += int(pc.sum(sampled["desynced"]).as_py() or 0)
@@ -277,9 +271,40 @@ def _partitions(
     return parts
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+def _side_chain(
+    spec: TargetSpec,
+    parts: Sequence[compute.SourcePlan],
+    data_dir: Path,
+    price_table: str,
+    symbols: list[str],
+    read_from: int,
+    read_to: int,
+    grid: pa.Table,
+    todo: pa.Table,
+) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """On a connection of its own: the targets at the grid, then `parts`' features at `todo`."""
+    con = duckdb.connect(config={"threads": 1})  # beside the features: one core each
+    try:
+        kinds = {price_table, *(k for part in parts for k in compute.SOURCES[part.source].raw)}
+        for kind in kinds:
+            raw.register(con, data_dir, kind, symbols, read_from, read_to)
+        targets = compute_targets(spec, con, grid)
+        con.register("grid", compute.prepare_grid(todo))
+        return targets, {part.source: compute.compute_source(part, con) for part in parts}
+    finally:
+        con.close()
+
+
+def _book_features(
+    part: compute.SourcePlan, data_dir: Path, symbols: list[str], grid: pa.Table, since: int
+) -> tuple[pa.Table, dict[str, int], float]:
+    """The order-book source's features: the book replayed and sampled at the grid, then its
+    query; (result, replay quality, replay seconds)."""
     started = time.perf_counter()
-    return fn(*args), time.perf_counter() - started
+    samples, changes, _, quality = book_tables(data_dir, symbols, grid, since)
+    seconds = time.perf_counter() - started
+    tables = {"book_samples": samples, "book_changes": changes}
+    return compute.compute_source_on(part, tables, grid, threads=1), quality, seconds
 
 
 def _no_data_warning(names: Sequence[str], source: str, lo: int, hi: int) -> str:
@@ -297,7 +322,7 @@ def _grid_rows(table: pa.Table, symbol: str, lo: int, hi: int) -> pa.Table:
 
 
 def _with_symbol(table: pa.Table, symbol: str) -> pa.Table:
-    return table.add_column(0, "symbol", pa.array([symbol] * len(table), pa.string()))
+    return table.add_column(0, "symbol", pa.repeat(pa.scalar(symbol, pa.string()), len(table)))
 
 
 def _peak_rss_mb() -> float:
@@ -601,7 +626,11 @@ def build(
     compute.compiled(p, cache.sql_dir if cache else None)
     lap("plan")
 
-    con = duckdb.connect()
+    # Three chains run at once: these features, the targets and (with book features) the book
+    # replay and its query. Each DuckDB query on one thread: a second buys a 1 s query almost
+    # nothing on two cores already busy (measured: trades 0.80 s on 2 threads, 0.78 s on 1, at
+    # 1.6 times the CPU)
+    con = duckdb.connect(config={"threads": 1} if "orderbook" in p.sources else {})
     read_from, read_to = request.start - lookback, request.end + horizon
     used: list[Path] = []
     for kind in dict.fromkeys((*p.raw_tables, price_table)):
@@ -618,7 +647,7 @@ def build(
             or [grid.slice(0, 0)]
         )
     )
-    pending: dict[str, Callable[[], None]] = {}
+    elsewhere: dict[str, Callable[[], pa.Table]] = {}
     if "orderbook" in p.sources and len(todo):
         since = request.start - BOOK_WARMUP_MS
         book_files = [
@@ -629,24 +658,25 @@ def build(
         used += book_files
         if not book_files:
             warnings.append(_no_data_warning(names, "orderbook", since, request.end))
-        # the replay (numba, without the GIL) runs beside the other sources' queries
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="book-replay")
-        replayed = pool.submit(_timed, book_tables, data_dir, request.symbols, todo, since)
+        # the replay (numba, without the GIL) and the book's query run beside the other
+        # sources' queries
+        book_part = next(part for part in p.parts if part.source == "orderbook")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="book")
+        booked = pool.submit(_book_features, book_part, data_dir, request.symbols, todo, since)
         pool.shutdown(wait=False)
 
-        def book_ready() -> None:
-            (samples, changes, _, book_quality), seconds = replayed.result()
+        def book_result() -> pa.Table:
+            result, book_quality, seconds = booked.result()
             timings["book_replay"] = round(seconds, 4)
-            con.register("book_samples", samples)
-            con.register("book_changes", changes)
             if book_files and (book_quality["gaps"] or book_quality["desynced_samples"]):
                 warnings.append(
                     f"order book: {book_quality['gaps']} update-id gap(s), "
                     f"{book_quality['desynced_samples']:,} grid rows with a "
                     "desynchronised book (book features null there)"
                 )
+            return result
 
-        pending["orderbook"] = book_ready
+        elsewhere["orderbook"] = book_result
     for source in p.sources:
         if source not in ("kline", "clock", "orderbook") and not any(
             con.execute(f'SELECT 1 FROM "{k}" LIMIT 1').fetchall()
@@ -655,20 +685,41 @@ def build(
             warnings.append(_no_data_warning(names, source, read_from, read_to))
     lap("load")
 
+    # the targets read only prices: their own connection, beside the features; with the book
+    # and trades (the two long chains) busy, it computes the light sources after them
+    side = (
+        [part for part in p.parts if part.source in ("kline", "funding", "clock")]
+        if {"orderbook", "trades"} <= set(p.sources) and len(todo)
+        else []
+    )
+    side_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="targets")
+    sided = side_pool.submit(
+        _side_chain,
+        request.target,
+        side,
+        data_dir,
+        price_table,
+        request.symbols,
+        read_from,
+        read_to,
+        grid,
+        todo,
+    )
+    side_pool.shutdown(wait=False)
+    for part in side:
+        elsewhere[part.source] = lambda source=part.source: sided.result()[1][source]
     if cache is None:
-        features = compute.compute(p, con, todo, pending)
+        features = compute.compute(p, con, todo, elsewhere)
     else:
         if missing:
-            computed = compute.compute(p, con, todo, pending)
+            computed = compute.compute(p, con, todo, elsewhere)
             for part in missing:
                 cached[part.key] = _grid_rows(computed, part.symbol, part.lo, part.hi)
                 cache.put(part.key, cached[part.key])
         features = pa.concat_tables([cached[part.key] for part in parts])
         say(f"feature partitions: {len(parts) - len(missing)} reused, {len(missing)} computed")
     lap("features")
-    # the price events compute just derived from the same raw rows, when it ran
-    reuse = SOURCE_OF[request.target.price] in p.sources and (cache is None or bool(missing))
-    targets = compute_targets(request.target, con, grid, reuse_events=reuse)
+    targets = sided.result()[0]
     con.close()
     if features["ts"] != targets["ts"] or features["symbol"] != targets["symbol"]:
         raise RuntimeError("features and targets are not aligned on the grid")

@@ -30,9 +30,6 @@ PRICES = {  # price series: (events, price column, how long a price stays curren
     "close": (kline_events, "close", MINUTE_MS, MINUTE_MS),
     "trade": (trade_bars, "last_price", FEED_MS, SECOND_MS),
 }
-SOURCE_OF = {"close": "kline", "trade": "trades"}
-"""The feature source whose events are the price series (featlib.compute materialises them
-as `events_{source}`)."""
 
 
 class TargetSpec(BaseModel):
@@ -83,14 +80,10 @@ def _trailing_volatility(candles: int) -> ir.Table:
 
 
 @functools.lru_cache(maxsize=32)
-def _sql(
-    horizon_ms: int, threshold: float, kind: str, price: str, risk_window: int, reuse: bool
-) -> str:
+def _sql(horizon_ms: int, threshold: float, kind: str, price: str, risk_window: int) -> str:
     grid = ibis.table(ibis.Schema.from_pyarrow(GRID_SCHEMA), name="grid")
     events, column, validity, _ = PRICES[price]
     k = events()
-    if reuse:  # the features' materialised events: the same rows, not derived a second time
-        k = ibis.table(k.schema(), name=f"events_{SOURCE_OF[price]}")
     now = k.select(_s0="symbol", _t0="ts", _p0=column)
     later = k.select(_s1="symbol", _t1="ts", _p1=column)
     g = grid.mutate(_future=grid.ts + horizon_ms)
@@ -116,19 +109,12 @@ def _sql(
 
 
 def compute_targets(
-    spec: TargetSpec,
-    con: duckdb.DuckDBPyConnection,
-    grid_table: pa.Table,
-    reuse_events: bool = False,
+    spec: TargetSpec, con: duckdb.DuckDBPyConnection, grid_table: pa.Table
 ) -> pa.Table:
-    """Targets at the grid's (symbol, ts) rows from the raw `klines` (or `trades`) on `con`;
-    `reuse_events`: from the `events_kline` (`events_trades`) table featlib.compute left on
-    `con` over the same raw rows."""
+    """Targets at the grid's (symbol, ts) rows from the raw `klines` (or `trades`) on `con`."""
     con.register("grid", grid_table.cast(GRID_SCHEMA))
     try:
-        sql = _sql(
-            spec.horizon_ms, spec.threshold, spec.type, spec.price, spec.risk_window, reuse_events
-        )
+        sql = _sql(spec.horizon_ms, spec.threshold, spec.type, spec.price, spec.risk_window)
         return con.sql(sql).to_arrow_table()
     finally:
         con.unregister("grid")
