@@ -424,7 +424,16 @@ class LiveEngine:
                     stream = STREAM_OF[kind]
                     st.watermark[stream] = max(st.watermark.get(stream, -1), mark)
                 loaded[kind] += len(table)
-            for part in self.plan.parts:  # events of everything stored, derived at once
+            # events of everything stored up to the last whole second, derived at once (events
+            # are bucketed by second: a second is derived whole or not at all); the rows after
+            # it wait as new rows
+            cut = last // SECOND * SECOND
+            for kind, table in stored.items():
+                ts = table["ts"].cast(pa.int64()).to_numpy()
+                at = int(np.searchsorted(ts, cut, side="right"))
+                st.fresh[kind].extend(_pylist(table.slice(at)))
+                stored[kind] = table.slice(0, at)
+            for part in self.plan.parts:
                 kinds = compute.SOURCES[part.source].raw
                 if part.events is None or not all(k in stored for k in kinds):
                     continue
@@ -433,7 +442,7 @@ class LiveEngine:
                 if new.n:
                     events.append(new.take(np.argsort(new.columns["ts"].values, kind="stable")))
                     st.version[part.source] += 1
-                events.done = last
+                events.done = cut
             if self.needs_book:
                 since = _last_ts(data_dir, "orderbook_snapshots", symbol, last - book_replay_ms)
                 if since is not None:

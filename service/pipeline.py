@@ -220,7 +220,12 @@ class LivePipeline:
         tag = getattr(delivery, "delivery_tag", None)
         if tag is None:
             return self._spawn(message.ack())
-        self.acks.settle(delivery.channel, tag)
+        try:
+            channel = delivery.channel
+        except Exception:  # the channel closed (connection dropped): it comes again, deduped
+            self.counters["ack_errors"] += 1
+            return None
+        self.acks.settle(channel, tag)
         return None
 
     async def _dead_letter(
@@ -308,10 +313,14 @@ class LivePipeline:
     async def flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.flush_ms / 1000)
-            self.order.expire()
-            if self.engine.release():  # ticks a quiet stream held back
-                self._wake.set()
-            await self.flush()
+            try:
+                self.order.expire()
+                if self.engine.release():  # ticks a quiet stream held back
+                    self._wake.set()
+                await self.flush()
+            except Exception:  # never stop recording; what failed stays pending
+                self.counters["flush_loop_errors"] += 1
+                log.exception("flush loop")
 
     # --- computing and publishing ---------------------------------------------------------
 
