@@ -23,6 +23,7 @@ are int64 epoch milliseconds (epoch_ms is the identity), strings object arrays.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 from collections import defaultdict
@@ -173,6 +174,12 @@ def to_arrow(frame: Frame, schema: Mapping[str, dt.DataType]) -> pa.Table:
         elif kind.is_string():
             values = np.broadcast_to(col.values, (frame.n,)).tolist()
             arrays[name] = pa.array(values, pa.string(), mask=mask)
+        elif kind.is_decimal():
+            limbs = _full_values(col, frame.n)
+            values = [
+                decimal.Decimal(int(hi) * LIMB + int(lo)).scaleb(-kind.scale) for hi, lo in limbs
+            ]
+            arrays[name] = pa.array(values, pa.decimal128(kind.precision, kind.scale), mask=mask)
         else:
             raise UnsupportedOperation(f"output column {name} of type {kind}")
     return pa.table(arrays)
