@@ -25,6 +25,7 @@ arrives; and the candle features at every candle (SourcePlan.frame), which the g
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -41,7 +42,7 @@ from pydantic import BaseModel, Field
 
 from featlib import compute, local, raw
 from featlib.bybit import Parsed
-from featlib.inputs import DERIVED_SCHEMAS, TABLE_SCHEMAS
+from featlib.inputs import TABLE_SCHEMAS
 from featlib.schema import RAW_KEYS, RAW_SCHEMAS
 
 SECOND = 1_000
@@ -610,44 +611,39 @@ class LiveEngine:
         with `retained` the rows kept), in time order: one evaluation for all the symbols."""
         tables = {}
         for kind in compute.SOURCES[part.source].raw:
-            frames = [
-                self._raw_frame(self.symbols[symbol], kind, after, upto, retained)
-                for symbol, (after, upto) in spans.items()
-            ]
-            tables[kind] = _concat(frames, TABLE_SCHEMAS[kind])
+            rows = []
+            for symbol, (after, upto) in spans.items():
+                rows += self._raw_rows(self.symbols[symbol], kind, after, upto, retained)
+            tables[kind] = _frame_of_rows(rows, TABLE_SCHEMAS[kind])
         new = part.local_events(tables)
         return _by_symbol(new, list(spans))
 
-    def _raw_frame(
+    def _raw_rows(
         self, st: SymbolState, kind: str, after: int | None, upto: int, retained: bool = False
-    ) -> local.Frame:
-        """Raw rows of `kind` with after < ts <= upto as a table: taken from the new rows, or
-        with `retained` read from the rows kept."""
+    ) -> list[dict[str, Any]]:
+        """Raw rows of `kind` with after < ts <= upto: taken from the new rows, or with
+        `retained` read from the rows kept."""
+        lo = -(1 << 62) if after is None else after
         if kind == "book_samples":
             picked = []
-            for tick in sorted(t for t in st.book_samples if (after is None or t > after)):
-                if tick > upto:
-                    break
+            for tick in sorted(t for t in st.book_samples if lo < t <= upto):
                 if st.book_samples[tick] is None and st.book is not None:
                     st.book_samples[tick] = book_sample(st.book, tick)  # quiet: state is current
                 sample = st.book_samples[tick]
                 picked.append({**(sample or {"ts": tick, "desynced": True}), "symbol": st.symbol})
-            return _frame_of_rows(picked, DERIVED_SCHEMAS[kind])
+            return picked
         if kind == "book_changes":
-            picked = [
+            return [
                 {"symbol": st.symbol, "ts": ts, "desynced": desynced}
                 for ts, desynced in zip(st.changes_ts, st.changes_desynced, strict=True)
-                if (after is None or ts > after) and ts <= upto
+                if lo < ts <= upto
             ]
-            return _frame_of_rows(picked, DERIVED_SCHEMAS[kind])
         if retained:
-            picked = [r for r in st.raw.get(kind, ()) if after < r["ts"] <= upto]
-            return _frame_of_rows(picked, RAW_SCHEMAS[kind])
+            return [r for r in st.raw.get(kind, ()) if lo < r["ts"] <= upto]
         fresh = st.fresh.get(kind, [])
-        lo = -(1 << 62) if after is None else after
         picked = [r for r in fresh if lo < r["ts"] <= upto]  # (rows <= after: `late`)
         st.fresh[kind] = [r for r in fresh if r["ts"] > upto]
-        return _frame_of_rows(picked, RAW_SCHEMAS[kind])
+        return picked
 
     def _kept(
         self, part: compute.SourcePlan, symbols: Sequence[str]
@@ -758,25 +754,31 @@ def _concat(frames: Sequence[local.Frame], schema: Mapping[str, Any]) -> local.F
 def _frame_of_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> local.Frame:
     """Row dicts (as parsed messages carry them: timestamps as epoch ms) -> a table."""
     columns = {}
-    for f in schema:
-        values = [r.get(f.name) for r in rows]
-        missing = [v is None for v in values]
-        valid = None if not any(missing) else ~np.array(missing, np.bool_)
-        kind = f.type
-        if pa.types.is_string(kind):
-            array = np.array(values, dtype=object)
-        else:
-            if pa.types.is_floating(kind):
-                dtype, fill = np.float64, 0.0
-            elif pa.types.is_boolean(kind):
-                dtype, fill = np.bool_, False
-            else:  # integers, timestamps (ms)
-                dtype, fill = np.int64, 0
-            if valid is not None:
+    for name, dtype, fill in _column_specs(schema):
+        values = [r.get(name) for r in rows]
+        valid = None
+        if None in values:
+            valid = np.array([v is not None for v in values], np.bool_)
+            if dtype is not object:
                 values = [fill if v is None else v for v in values]
-            array = np.array(values, dtype=dtype)
-        columns[f.name] = local.Col(array, valid)
+        columns[name] = local.Col(np.array(values, dtype=dtype), valid)
     return local.Frame(columns, len(rows))
+
+
+@functools.cache
+def _column_specs(schema: pa.Schema) -> tuple[tuple[str, Any, Any], ...]:
+    """(name, numpy dtype, value standing in for null) per column of a raw table."""
+    specs = []
+    for f in schema:
+        if pa.types.is_string(f.type):
+            specs.append((f.name, object, None))
+        elif pa.types.is_floating(f.type):
+            specs.append((f.name, np.float64, 0.0))
+        elif pa.types.is_boolean(f.type):
+            specs.append((f.name, np.bool_, False))
+        else:  # integers, timestamps (ms)
+            specs.append((f.name, np.int64, 0))
+    return tuple(specs)
 
 
 def _last_ts(data_dir: Path, kind: str, symbol: str, since_ms: int | None = None) -> int | None:
