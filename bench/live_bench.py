@@ -290,9 +290,10 @@ def publish_main(argv: list[str]) -> int:
     parser.add_argument("file", type=Path)
     parser.add_argument("prefix")
     parser.add_argument("--url", default=RABBIT)
+    parser.add_argument("--speed", type=float, default=0.0)
     args = parser.parse_args(argv)
     t0 = time.time()
-    counts = asyncio.run(replay([args.file], args.url, args.prefix, speed=0))
+    counts = asyncio.run(replay([args.file], args.url, args.prefix, speed=args.speed))
     t1 = time.time()
     print(json.dumps({"t0": t0, "t1": t1, "counts": dict(counts)}))
     return 0
@@ -356,6 +357,7 @@ async def measure(
     version: str = "1.1.0",
     url: str = RABBIT,
     timeout_s: float = 150.0,
+    speed: float = 0.0,
     **changes: Any,
 ) -> dict:
     """Run the service, replay `seconds` of synthetic exchange time for `symbols` symbols at
@@ -478,6 +480,8 @@ async def measure(
                         prefix,
                         "--url",
                         url,
+                        "--speed",
+                        str(speed),
                         stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE,
                         cwd=Path(__file__).resolve().parents[1],
@@ -528,6 +532,7 @@ async def measure(
             await _delete_queues(url, inputs + outputs)
 
     return _report(
+        speed=speed,
         symbols=symbols,
         seconds=seconds,
         version=version,
@@ -553,6 +558,7 @@ async def measure(
 
 def _report(
     *,
+    speed: float,
     symbols: int,
     seconds: int,
     version: str,
@@ -590,6 +596,9 @@ def _report(
     arrived = np.array([t for t, _ in arrivals])
     latency = np.array([v["latency_ms"] for v in vectors], dtype=float)
     latency = latency[~np.isnan(latency)]
+    feed_waits = np.array(
+        [v["wait_ms"] for v in vectors if v.get("wait_ms") is not None], dtype=float
+    )
     to_consumer = np.array(
         [
             v["latency_ms"] + (t - computed_at[v["trace_id"]])
@@ -638,8 +647,9 @@ def _report(
     p99 = _pct(latency, 99)
     realtime_rate = total / seconds
     return {
-        "name": f"P4 live over RabbitMQ: {symbols} symbols, registry {version}, "
-        "synthetic streams replayed at full speed",
+        "name": f"P4 live over RabbitMQ: {symbols} symbols, registry {version}, synthetic "
+        + ("streams replayed at full speed" if not speed else f"streams at {speed:g}x real time"),
+        "speed": speed or "full",
         "symbols": symbols,
         "exchange_seconds": seconds,
         "messages": total,
@@ -667,6 +677,11 @@ def _report(
         "latency_ms_by_5s_of_run": {
             f"{5 * w}-{5 * w + 5}s": [len(values), _pct(values, 50), _pct(values, 99)]
             for w, values in sorted(windows.items())
+        },
+        "wait_ms": {
+            "p50": _pct(feed_waits, 50),
+            "p99": _pct(feed_waits, 99),
+            "max": round(float(feed_waits.max()), 2) if len(feed_waits) else None,
         },
         "latency_to_consumer_ms": {
             "p50": _pct(to_consumer, 50),

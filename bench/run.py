@@ -6,13 +6,15 @@ P1  60 days of synthetic 1-minute candles, registry 1.2.0, cold dataset build en
 P2  one synthetic busy day (2 M book deltas, 1.5 M trades, candles, tickers) -> registry
     1.1.0 (every source) at a 1-second grid; 60 days projected.
 P3  order-book replay throughput (featlib.book, numba) vs a pure-Python dict book.
-P4  live engine compute per 1 s tick on the real 2023 capture vs all ticks in one call.
+P4  live over the real RabbitMQ, 10 synthetic symbols, at full speed and at the exchange's pace:
+    msgs/s, backlog, latency per vector; the engine's compute per tick offline.
 P5  the 60-day build cold vs repeated with the content-addressed feature cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -151,6 +153,8 @@ def p2(book_messages: int = 2_000_000, trades: int = 1_500_000) -> dict:
         raw.write(root, "klines", synthetic.klines("BTCUSDT", day - 2 * DAY_MS, day))
         raw.write(root, "funding", synthetic.funding("BTCUSDT", day - 2 * DAY_MS, day + DAY_MS))
         prepare_s = time.perf_counter() - t0
+        del tables  # the builds read the store, as a fresh process would
+        gc.collect()
         request = dataset.DatasetRequest(
             symbols=["BTCUSDT"],
             start=day + HOUR_MS,  # the first hour: warm-up for the 1 h features
@@ -158,9 +162,16 @@ def p2(book_messages: int = 2_000_000, trades: int = 1_500_000) -> dict:
             registry_version="1.1.0",
             resolution="1s",
         )
+        compute._plan.cache_clear()  # cold: the plan compiled in this build
         t0 = time.perf_counter()
-        meta = dataset.build(request, root, root / "out")
-        build_s = time.perf_counter() - t0
+        cold = dataset.build(request, root, root / "cold")
+        cold_s = time.perf_counter() - t0
+        builds = []
+        for n in range(3):  # warm: the plan compiled (once per registry version and process)
+            t0 = time.perf_counter()
+            meta = dataset.build(request, root, root / f"out{n}")
+            builds.append((time.perf_counter() - t0, meta))
+        build_s, meta = sorted(builds, key=lambda b: b[0])[1]  # the median
     return {
         "name": "P2 one synthetic day -> registry 1.1.0 at a 1-second grid",
         "book_messages": book_messages,
@@ -168,12 +179,19 @@ def p2(book_messages: int = 2_000_000, trades: int = 1_500_000) -> dict:
         "grid_rows": meta["rows"]["grid"],
         "features": len(meta["features"]),
         "build_s": round(build_s, 3),
+        "build_s_of_3": [round(b[0], 3) for b in builds],
         "build_stages_s": meta["timings_s"],
+        "cold_build_s": round(cold_s, 3),
+        "cold_stages_s": cold["timings_s"],
         "projected_60_days_s": round(build_s * 60, 1),
         "data_preparation_s": round(prepare_s, 3),
         "goal": "build_s <= 2 (floor measured by the issue's author: 0.7 s)",
         "met": build_s <= 2,
         "peak_rss_mb": meta["peak_rss_mb"],
+        "note": "build_s: the median of 3 builds in one process after a cold one (which "
+        "compiles the "
+        "feature plan to SQL once per registry version: cold_stages_s 'plan'; the CLI keeps "
+        "compiled plans in its cache directory, so later processes skip it too)",
     }
 
 
@@ -184,30 +202,63 @@ def p3() -> dict:
     return {"name": "P3 order-book replay, numba book vs pure-Python dict book", **run(cold=False)}
 
 
-def p4(version: str = "1.1.0", symbols: int = 10, seconds: int = 90) -> dict:
+def p4(version: str = "1.1.0", symbols: int = 10, seconds: int = 60) -> dict:
     """Live over the real RabbitMQ (bench.live_bench): synthetic Bybit streams for 10 symbols
-    published to the ws-gateway queues as fast as the broker takes them, into the running
-    service; latency, throughput and queue depths. Beside it, without a broker, the engine's
-    compute time per 1 s tick on the real 2023 capture, which most of the latency is made of."""
+    published to the ws-gateway queues into the running service, once as fast as the broker
+    takes them (throughput, backlog) and once at the pace of the exchange (latency without a
+    backlog); beside it, without a broker, the engine's compute time per 1 s tick on the real
+    2023 capture."""
     from bench import live_bench
 
-    live = live_bench.run(symbols=symbols, seconds=seconds, version=version)
-    goal, met = live.pop("goal"), live.pop("met")
+    def summary(run: dict) -> dict:
+        keep = (
+            "messages",
+            "realtime_msgs_per_s",
+            "published_msgs_per_s",
+            "consumed_msgs_per_s",
+            "consumed_while_publishing_msgs_per_s",
+            "acked_msgs_per_s",
+            "times_realtime",
+            "vectors",
+            "latency_ms",
+            "wait_ms",
+            "latency_to_consumer_ms",
+            "compute_calls",
+            "backlog_grows_at_full_speed",
+            "backlog_drains",
+            "dead_letters",
+            "book_gaps",
+        )
+        backlog = run.get("backlog", {})
+        return {
+            **{k: run[k] for k in keep if k in run},
+            "backlog_max_ready": backlog.get("max_total_ready"),
+            "backlog_slope_while_publishing_msgs_per_s": backlog.get(
+                "slope_while_publishing_msgs_per_s"
+            ),
+        }
+
+    full = live_bench.run(symbols=symbols, seconds=seconds, version=version)
+    paced = live_bench.run(symbols=symbols, seconds=seconds, version=version, speed=1.0)
     offline = live_bench.offline_compute_per_tick(
         SHARED / "bybit" / "BTCUSDT_2023-04-05_book-trades-ticker-kline.jsonl.gz", version
     )
+    p99 = paced["latency_ms"]["p99"]
     return {
-        **live,
+        "name": f"P4 live over RabbitMQ: {symbols} symbols, registry {version}",
+        "full_speed": summary(full),
+        "real_time": summary(paced),
         "offline_compute_per_tick": offline,
-        "goal": goal,
-        "met": met,
-        "note": "latency_ms is the service's own figure in each features.live vector: the "
-        "handler's receive of the last message with ts <= the tick -> the compute call that "
-        "made the vector returned (publishing not included; latency_to_consumer_ms adds it, up "
-        "to this process's consumer). Publisher: pipelines.replay --speed 0 in a subprocess "
-        "(one channel, no confirms, persistent); service and consumer share this process; all "
-        "on one 2-core box with RabbitMQ. backlog = ready messages in the ws-gateway queues "
-        "(unacked prefetched ones not included). offline_compute_per_tick: no broker, one "
+        "goal": "p99 <= 10 ms per vector (the tick's inputs complete -> published), 10 "
+        "symbols; no growing backlog",
+        "met": bool(p99 is not None and p99 <= 10 and not full["backlog_grows_at_full_speed"]),
+        "note": "latency_ms: each vector's own figure, from the receipt of the last message it "
+        "waited for (the one that showed every stream past its ts) to its publish; wait_ms: "
+        "from the last message with data <= ts to that point (the feed's cadence: the synthetic "
+        "tickers come once a second). Publisher: pipelines.replay in a subprocess (one channel, "
+        "no confirms, persistent), at full speed or at the exchange's pace; the service and "
+        "the vectors' consumer share one process; all on one 2-core box with RabbitMQ. backlog "
+        "= ready messages in the ws-gateway queues. offline_compute_per_tick: no broker, one "
         "compute call per tick vs all ticks in one call",
     }
 

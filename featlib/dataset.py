@@ -295,6 +295,14 @@ def _side_chain(
         con.close()
 
 
+def _write_split(table: pa.Table, part: Any, path: Path) -> None:
+    rows = _to_output(table.take(pa.array(part.rows, pa.int64())))
+    rows = rows.append_column("fold", pa.array(np.full(len(rows), part.fold), pa.int32()))
+    rows = rows.sort_by([("ts", "ascending"), ("symbol", "ascending")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows, path, compression="zstd", use_dictionary=["symbol"])
+
+
 def _book_features(
     part: compute.SourcePlan, data_dir: Path, symbols: list[str], grid: pa.Table, since: int
 ) -> tuple[pa.Table, dict[str, int], float]:
@@ -737,25 +745,35 @@ def build(
     table = table.filter(has_target)
     assignment = assign_folds(table["ts"].to_numpy(), split, horizon, request.start, request.end)
     warnings += assignment.warnings
+    # the split files are written (in a temporary directory, moved in place at the end) while
+    # the quality report is worked out: Parquet encoding runs without the GIL
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    walk = isinstance(split, WalkForward)
+    files = {
+        (part.fold, part.split): (
+            f"fold={part.fold}/{part.split}.parquet" if walk else f"{part.split}.parquet"
+        )
+        for part in assignment.parts
+    }
+    writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="write")
+    written = [
+        writers.submit(_write_split, table, part, tmp / files[(part.fold, part.split)])
+        for part in assignment.parts
+    ]
+    writers.shutdown(wait=False)
     try:
         quality, quality_warnings = quality_report(table, request.step_ms, request.quality)
     except QualityError as exc:
+        for future in written:
+            future.result()
+        shutil.rmtree(tmp, ignore_errors=True)
         raise DatasetError(str(exc)) from None
     warnings += quality_warnings
     lap("targets")
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    walk = isinstance(split, WalkForward)
-    files = {}
-    for part in assignment.parts:
-        rows = _to_output(table.take(pa.array(part.rows, pa.int64())))
-        rows = rows.append_column("fold", pa.array(np.full(len(rows), part.fold), pa.int32()))
-        rows = rows.sort_by([("ts", "ascending"), ("symbol", "ascending")])
-        name = f"fold={part.fold}/{part.split}.parquet" if walk else f"{part.split}.parquet"
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, tmp / name, compression="zstd", use_dictionary=["symbol"])
-        files[(part.fold, part.split)] = name
+    for future in written:
+        future.result()
     folds = fold_table(assignment)
     counts = (
         {
