@@ -154,7 +154,7 @@ class LivePipeline:
             description="One feature vector per symbol and cadence tick (1s/3s/15s/1m): the "
             "registry version's features at that time, null where unavailable.",
         )
-        self.dead = (out or broker).publisher(
+        self.dead = broker.publisher(  # with publisher confirms: acked only once parked
             settings.queue_dead_letter,
             title="dead letters",
             description="Messages that could not be parsed, unchanged; headers x-reason, "

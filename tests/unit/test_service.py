@@ -42,8 +42,9 @@ async def _run(app, lines, queue="ws-gateway.kline"):
     out = app.state.out_broker  # vectors leave on their own connection
     dead, vectors = [], []
 
-    @out.subscriber(settings.queue_dead_letter)
-    async def collect_dead(message: RabbitMessage) -> None:
+    @broker.subscriber(settings.queue_dead_letter)
+    async def collect_dead(body: bytes) -> None:  # (the consuming broker injects nothing)
+        message = broker.context.get_local("message")
         dead.append((message.body, dict(message.headers)))
 
     @out.subscriber(settings.queue_features)
