@@ -1076,22 +1076,15 @@ class _Compiler:
                 self.visit, (node.bool_expr, node.true_expr, node.false_null_expr)
             )
             emit(f"t{i} = _truth({c}, {mc}, n)")
-            if node.dtype.is_decimal():
-                emit(f"{x} = _where_decimal(t{i}, {a}, {b}, n)")
-            else:
-                emit(f"{x} = _typed(np.where(t{i}, {a}, {b}), {self.const(_np_type(node))})")
+            self.where(node, f"t{i}", a, b, x)
             emit(f"{m} = _mwhere(t{i}, {ma}, {mb}, n)")
         elif isinstance(node, ops.Coalesce):
             args = [self.visit(arg) for arg in node.arg]
             a, ma = args[-1]
             emit(f"{x} = {a}; {m} = {ma}")
-            typed = self.const(_np_type(node))
             for b, mb in reversed(args[:-1]):
                 emit(f"t = _valid({mb}, n)")
-                if node.dtype.is_decimal():
-                    emit(f"{x} = _where_decimal(t, {b}, {x}, n)")
-                else:
-                    emit(f"{x} = _typed(np.where(t, {b}, {x}), {typed})")
+                self.where(node, "t", b, x, x)
                 emit(f"{m} = None if {mb} is None else _mwhere(t, {mb}, {m}, n)")
         elif isinstance(node, ops.NotNull):
             a, ma = self.visit(node.arg)
@@ -1118,6 +1111,14 @@ class _Compiler:
             raise UnsupportedOperation(f"operation {kind.__name__}")
         self.names[node] = i
         return x, m
+
+    def where(self, node: ops.Value, take: str, yes: str, no: str, out: str) -> None:
+        """Code for `out` = yes where `take`, else no (typed as the node)."""
+        if node.dtype.is_decimal():
+            self.lines.append(f"{out} = _where_decimal({take}, {yes}, {no}, n)")
+        else:
+            typed = self.const(_np_type(node))
+            self.lines.append(f"{out} = _typed(np.where({take}, {yes}, {no}), {typed})")
 
     def cast(self, node: ops.Cast, x: str, m: str) -> None:
         a, ma = self.visit(node.arg)
