@@ -367,15 +367,17 @@ class _Run:
         keys = [self.value(v, parent.n) for v in node.groups.values()]
         order = _order([(k, True, False) for k in keys], parent.n)
         starts = _starts([_take_all(k, order, parent.n) for k in keys], parent.n)
-        if order is None:
-            order = np.arange(parent.n)
-        firsts = order[starts]
+        firsts = starts if order is None else order[starts]
         columns = {k: c.take(firsts) for k, c in zip(node.groups, keys, strict=True)}
         for name, metric in node.metrics.items():
             columns[name] = self._reduce(metric, parent, order, starts)
         return Frame(columns, len(starts))
 
-    def _reduce(self, op: ops.Value, parent: Frame, order: np.ndarray, starts: np.ndarray) -> Col:
+    def _reduce(
+        self, op: ops.Value, parent: Frame, order: np.ndarray | None, starts: np.ndarray
+    ) -> Col:
+        """One aggregate per group: groups are runs (from `starts`) of the rows taken in
+        `order` (None: as they are)."""
         n, groups = parent.n, len(starts)
         if groups == 0:
             empty = np.zeros((0, 2), np.int64) if op.dtype.is_decimal() else np.zeros(0)
@@ -385,14 +387,17 @@ class _Run:
         if isinstance(op, ops.CountStar):
             return Col(np.diff(np.append(starts, n)).astype(np.int64))
         arg = self.value(op.arg, n)
-        valid = arg.mask(n)[order]
-        present = np.add.reduceat(valid.astype(np.int64), starts)
+        valid = arg.mask(n) if order is None else arg.mask(n)[order]
+        every = arg.valid is None or bool(valid.all())
+        sizes = np.diff(np.append(starts, n))
+        present = sizes if every else np.add.reduceat(valid.astype(np.int64), starts)
         if isinstance(op, ops.Count):
             return Col(present)
-        values = _full_values(arg, n)[order]
+        values = _full_values(arg, n) if order is None else _full_values(arg, n)[order]
         if isinstance(op, ops.Sum):
             zero = np.zeros_like(values[:1])
-            total = np.add.reduceat(np.where(_rows(valid, values), values, zero), starts, axis=0)
+            kept = values if every else np.where(_rows(valid, values), values, zero)
+            total = np.add.reduceat(kept, starts, axis=0)
             if not op.dtype.is_decimal() and values.dtype == np.bool_:
                 total = total.astype(np.int64)
             return Col(total, present > 0)
@@ -408,11 +413,22 @@ class _Run:
     def _first_ordered(self, op, parent, order, starts, values, valid) -> Col:
         """FIRST(arg ORDER BY keys) FILTER (WHERE arg IS NOT NULL) per group."""
         n = parent.n
-        group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
-        keys = [(self.value(k.arg, n).take(order), k.ascending, k.nulls_first) for k in op.order_by]
+        keys = [
+            (_take_all(self.value(k.arg, n), order, n), k.ascending, k.nulls_first)
+            for k in op.order_by
+        ]
         # (a per-group maximum by the keys; groups are runs of rows in `order`)
         usable = valid if not op.include_null else np.ones(n, np.bool_)
+        ordered = _run_order(keys, starts, n)
+        if ordered:  # the rows already run in (or strictly against) the keys' order
+            position = np.where(usable, np.arange(n), -1 if ordered < 0 else n)
+            reduce = np.maximum if ordered < 0 else np.minimum
+            first = reduce.reduceat(position, starts)
+            found = (first >= 0) & (first < n)
+            first = np.where(found, first, 0)
+            return Col(values[first], found & usable[first])
         # rank rows: usable first, then by the sort keys, within each group
+        group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
         rank = _lexsort(
             [(Col(group), n, True, False), (Col(~usable), n, True, False)]
             + [(c, n, asc, nf) for c, asc, nf in keys]
@@ -845,6 +861,34 @@ def _sorted(keys: list[tuple[Col, bool, bool]], n: int) -> bool:
         if not tied.any():
             return True
     return True
+
+
+def _run_order(keys: list[tuple[Col, bool, bool]], starts: np.ndarray, n: int) -> int:
+    """Within each group (runs from `starts`), whether the rows are in the keys' order (1:
+    ties kept in row order, as a stable sort would), strictly in reverse (-1), or neither
+    (0). Keys with nulls: 0. Later keys are compared only where the earlier ones tie."""
+    pairs = np.ones(max(n - 1, 0), np.bool_)
+    pairs[starts[1:] - 1] = False  # a pair across a group boundary is not compared
+    tied = np.flatnonzero(pairs)
+    forward = backward = False
+    for col, ascending, _ in keys:
+        if not len(tied):
+            break
+        values = _full_values(col, n)
+        if (col.valid is not None and not col.mask(n).all()) or values.ndim == 2:
+            return 0
+        a, b = values[tied], values[tied + 1]
+        if values.dtype.kind == "f" and (np.isnan(a).any() or np.isnan(b).any()):
+            return 0
+        before, after = (a < b, a > b) if ascending else (a > b, a < b)
+        forward |= bool(before.any())
+        backward |= bool(after.any())
+        if forward and backward:
+            return 0
+        tied = tied[~(before | after)]
+    if not backward:
+        return 1
+    return -1 if not len(tied) else 0
 
 
 def _take_all(col: Col, order: np.ndarray | None, n: int) -> Col:

@@ -271,3 +271,34 @@ def test_decimals_round_as_duckdb_casts_them():
     assert [int(h) * local.LIMB + int(lo) for h, lo in got] == [
         int(v.scaleb(10)) for v in expected.to_pylist()
     ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5), st.integers(0, 3)), unique=True),
+    layout=st.sampled_from(["ascending", "descending", "shuffled"]),
+    data=st.data(),
+)
+def test_first_by_order_keys_on_presorted_and_shuffled_rows(keys, layout, data):
+    """FIRST(x ORDER BY ts DESC, seq DESC) per group, as trade_bars takes a bar's last price:
+    the executor's shortcut for rows already in (or strictly against) the keys' order and
+    its general sort agree with DuckDB, nulls in x skipped."""
+    rows = sorted(keys, reverse=layout == "descending")
+    if layout == "shuffled":
+        rows = data.draw(st.permutations(rows))
+    x = [data.draw(st.none() | st.floats(-5, 5, allow_nan=False)) for _ in rows]
+    t = pa.table(
+        {
+            "g": pa.array([g for g, _, _ in rows], pa.int64()),
+            "ts": pa.array([ts for _, ts, _ in rows], pa.int64()),
+            "seq": pa.array([s for _, _, s in rows], pa.int64()),
+            "x": pa.array(x, pa.float64()),
+        }
+    )
+    u = ibis.table({"g": "int64", "ts": "int64", "seq": "int64", "x": "float64"}, name="t")
+    expr = (
+        u.group_by("g")
+        .aggregate(last=u.x.first(order_by=[ibis.desc(u.ts), ibis.desc(u.seq)]))
+        .order_by("g")
+    )
+    assert run(expr, t=t).to_pylist() == duck(expr, t=t).to_pylist()
