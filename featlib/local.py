@@ -924,9 +924,9 @@ def _lexsort(keys: list[tuple[Col, int, bool, bool]]) -> np.ndarray:
     n = keys[0][1]
     columns = []
     for col, _, ascending, nulls_first in keys:
-        codes = _codes(col, n).astype(np.int64)
-        if not ascending:
-            codes = -codes
+        codes = _sort_keys(col, n)
+        if not ascending:  # order-reversing: ~ on integers (no overflow), - on floats
+            codes = -codes if codes.dtype.kind == "f" else ~codes
         null = ~col.mask(n)
         # nulls_first: nulls sort before; else after (in either direction)
         null_key = np.where(null, 0 if nulls_first else 1, 1 if nulls_first else 0)
@@ -935,6 +935,17 @@ def _lexsort(keys: list[tuple[Col, int, bool, bool]]) -> np.ndarray:
     for codes, null_key in reversed(columns):
         flat += [codes, null_key]
     return np.lexsort(flat) if flat else np.arange(n)
+
+
+def _sort_keys(col: Col, n: int) -> np.ndarray:
+    """Values that sort as the column's do (int64 or float64; nulls: any value): the numbers
+    themselves (NaN largest, as DuckDB orders it), sorted codes for strings and decimals."""
+    values = _full_values(col, n)
+    if values.ndim == 1 and values.dtype.kind in "iub":
+        return values.astype(np.int64)
+    if values.ndim == 1 and values.dtype.kind == "f":
+        return np.where(np.isnan(values), np.inf, values)
+    return _codes(col, n).astype(np.int64)
 
 
 def _codes(col: Col, n: int) -> np.ndarray:
@@ -948,8 +959,8 @@ def _codes(col: Col, n: int) -> np.ndarray:
         mask = col.mask(n)
         fill = values[mask][0] if mask.any() else values[:1]
         values = np.where(mask, values, fill) if len(values) else values
-    _, codes = np.unique(values, return_inverse=True)
-    return codes.reshape(-1)
+    # hashing, then sorting only the distinct values: strings are not sorted row by row
+    return pd.factorize(np.ascontiguousarray(values), sort=True)[0].astype(np.int64)
 
 
 def _group_codes(cols: list[Col], n: int) -> np.ndarray:
