@@ -19,7 +19,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -281,18 +281,42 @@ def _side_chain(
     read_to: int,
     grid: pa.Table,
     todo: pa.Table,
+    bars: Future[pa.Table] | None = None,
 ) -> tuple[pa.Table, dict[str, pa.Table]]:
-    """On a connection of its own: the targets at the grid, then `parts`' features at `todo`."""
+    """On a connection of its own: the targets at the grid and `parts`' features at `todo`.
+    bars: the trade bars the features' thread computes (for trade-price targets): then the
+    targets come last, once those are ready, and do not compute the bars again."""
     con = duckdb.connect(config={"threads": 1})  # beside the features: one core each
     try:
-        kinds = {price_table, *(k for part in parts for k in compute.SOURCES[part.source].raw)}
-        for kind in kinds:
+        kinds = {*(k for part in parts for k in compute.SOURCES[part.source].raw)}
+        for kind in kinds | ({price_table} if bars is None else set()):
             raw.register(con, data_dir, kind, symbols, read_from, read_to)
-        targets = compute_targets(spec, con, grid)
+        targets = compute_targets(spec, con, grid) if bars is None else None
         con.register("grid", compute.prepare_grid(todo))
-        return targets, {part.source: compute.compute_source(part, con) for part in parts}
+        features = {part.source: _side_source(part, con, todo) for part in parts}
+        if bars is not None:
+            targets = compute_targets(spec, con, grid, bars.result())
+        return targets, features
     finally:
         con.close()
+
+
+LOCAL_MAX_ROWS = 1_000_000
+"""A side source whose raw rows are at most this many is read into memory and run by
+featlib.local, which takes less CPU there than DuckDB (one synthetic day: candles 0.05 s
+against 0.14 s, funding from a day of tickers 0.12 s against 0.22 s); above, DuckDB runs it."""
+
+
+def _side_source(
+    part: compute.SourcePlan, con: duckdb.DuckDBPyConnection, todo: pa.Table
+) -> pa.Table:
+    """A light source's features at `todo`, from its raw tables on `con`."""
+    kinds = compute.SOURCES[part.source].raw
+    rows = sum(con.sql(f'SELECT count(*) FROM "{kind}"').fetchall()[0][0] for kind in kinds)
+    if rows > LOCAL_MAX_ROWS:
+        return compute.compute_source(part, con)
+    tables = {kind: con.sql(f'SELECT * FROM "{kind}"').to_arrow_table() for kind in kinds}
+    return compute.compute_source_local(part, tables, todo)
 
 
 def _write_split(table: pa.Table, part: Any, path: Path) -> None:
@@ -312,7 +336,7 @@ def _book_features(
     samples, changes, _, quality = book_tables(data_dir, symbols, grid, since)
     seconds = time.perf_counter() - started
     tables = {"book_samples": samples, "book_changes": changes}
-    return compute.compute_source_on(part, tables, grid, threads=1), quality, seconds
+    return compute.compute_source_local(part, tables, grid), quality, seconds
 
 
 def _no_data_warning(names: Sequence[str], source: str, lo: int, hi: int) -> str:
@@ -700,6 +724,10 @@ def build(
         if {"orderbook", "trades"} <= set(p.sources) and len(todo)
         else []
     )
+    # trade-price targets read the trade bars the trade features compute: computed once
+    trades_part = next((part for part in p.parts if part.source == "trades"), None)
+    shared = price_table == "trades" and trades_part is not None and len(todo) > 0
+    bars: Future[pa.Table] | None = Future() if shared else None
     side_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="targets")
     sided = side_pool.submit(
         _side_chain,
@@ -712,15 +740,24 @@ def build(
         read_to,
         grid,
         todo,
+        bars,
     )
     side_pool.shutdown(wait=False)
     for part in side:
         elsewhere[part.source] = lambda source=part.source: sided.result()[1][source]
+    events = {}
+    if bars is not None:
+        try:
+            events["trades"] = compute.source_events(trades_part, con)
+        except BaseException as exc:
+            bars.set_exception(exc)
+            raise
+        bars.set_result(events["trades"])
     if cache is None:
-        features = compute.compute(p, con, todo, elsewhere)
+        features = compute.compute(p, con, todo, elsewhere, events)
     else:
         if missing:
-            computed = compute.compute(p, con, todo, elsewhere)
+            computed = compute.compute(p, con, todo, elsewhere, events)
             for part in missing:
                 cached[part.key] = _grid_rows(computed, part.symbol, part.lo, part.hi)
                 cache.put(part.key, cached[part.key])

@@ -119,9 +119,13 @@ def _from_arrow_column(column: pa.ChunkedArray) -> Col:
     valid = None
     if column.null_count:
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
-    if pa.types.is_timestamp(kind):
-        column = column.cast(pa.int64())
-        kind = pa.int64()
+    if pa.types.is_timestamp(kind):  # epoch ms, whatever the unit (DuckDB gives us)
+        ticks = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        if kind.unit == "s":
+            values = ticks * 1000
+        else:
+            values = ticks // {"ms": 1, "us": 1000, "ns": 1_000_000}[kind.unit]
+        return Col(np.asarray(values, np.int64), valid)
     if pa.types.is_decimal(kind):
         ints = [0 if v is None else int(v.scaleb(kind.scale)) for v in column.to_pylist()]
         return Col(_limbs(ints), valid)

@@ -79,11 +79,22 @@ def _trailing_volatility(candles: int) -> ir.Table:
     return vol.select(_s2="symbol", _t2="ts", _vol="_vol")
 
 
+BARS_TABLE = "events_trades"
+"""The trade bars (featlib.inputs.trade_bars) as a table, when computed already: the dataset
+builder's trade features' events (featlib.compute materialises them under this name)."""
+
+
+def _bars() -> ir.Table:
+    return ibis.table(trade_bars().schema(), name=BARS_TABLE)
+
+
 @functools.lru_cache(maxsize=32)
-def _sql(horizon_ms: int, threshold: float, kind: str, price: str, risk_window: int) -> str:
+def _sql(
+    horizon_ms: int, threshold: float, kind: str, price: str, risk_window: int, bars: bool
+) -> str:
     grid = ibis.table(ibis.Schema.from_pyarrow(GRID_SCHEMA), name="grid")
     events, column, validity, _ = PRICES[price]
-    k = events()
+    k = _bars() if bars else events()
     now = k.select(_s0="symbol", _t0="ts", _p0=column)
     later = k.select(_s1="symbol", _t1="ts", _p1=column)
     g = grid.mutate(_future=grid.ts + horizon_ms)
@@ -109,12 +120,23 @@ def _sql(horizon_ms: int, threshold: float, kind: str, price: str, risk_window: 
 
 
 def compute_targets(
-    spec: TargetSpec, con: duckdb.DuckDBPyConnection, grid_table: pa.Table
+    spec: TargetSpec,
+    con: duckdb.DuckDBPyConnection,
+    grid_table: pa.Table,
+    bars: pa.Table | None = None,
 ) -> pa.Table:
-    """Targets at the grid's (symbol, ts) rows from the raw `klines` (or `trades`) on `con`."""
+    """Targets at the grid's (symbol, ts) rows from the raw `klines` (or `trades`) on `con`;
+    `bars`: for trade prices, the trade bars computed already (not computed again here)."""
     con.register("grid", grid_table.cast(GRID_SCHEMA))
+    on_bars = bars is not None and spec.price == "trade"
+    if on_bars:
+        con.register(BARS_TABLE, bars)
     try:
-        sql = _sql(spec.horizon_ms, spec.threshold, spec.type, spec.price, spec.risk_window)
+        sql = _sql(
+            spec.horizon_ms, spec.threshold, spec.type, spec.price, spec.risk_window, on_bars
+        )
         return con.sql(sql).to_arrow_table()
     finally:
         con.unregister("grid")
+        if on_bars:
+            con.unregister(BARS_TABLE)

@@ -119,3 +119,48 @@ def test_every_feature_is_filled_on_real_captures(
     checked |= _filled(jan_meta, jan_table, version, {"kline"})
     clock = {n for n in names if compute.FEATURES[n].source == "clock"}
     assert names - checked == clock, "features filled nowhere on real data"
+
+
+def _all_rows(out) -> dict[tuple[str, int], dict]:
+    table = _rows(out)
+    ts = pc.cast(table["ts"], pa.int64()).to_pylist()
+    return {(row["symbol"], t): row for row, t in zip(table.to_pylist(), ts, strict=True)}
+
+
+def test_executors_and_shared_trade_bars_change_no_value(capture_store, tmp_path, monkeypatch):
+    """The builder runs small side sources (candles, funding, clock) by featlib.local and
+    reads the trade-price targets off the trade features' bars. Against the other paths on
+    the real 2023 capture: every source by DuckDB (LOCAL_MAX_ROWS = 0), and targets of a
+    version without trade features, which compute their bars from the raw trades."""
+    from featlib import checks, dataset
+
+    def request(version: str) -> DatasetRequest:
+        return DatasetRequest(
+            symbols=["BTCUSDT"],
+            start="2023-04-05T00:00:05Z",
+            end="2023-04-05T00:06:40Z",
+            registry_version=version,
+            resolution="1s",
+            target={"horizon": "10s", "price": "trade"},
+            split_fractions=(0.6, 0.2, 0.2),
+            short_history=True,
+        )
+
+    build(request("1.1.0"), capture_store, tmp_path / "default")
+    monkeypatch.setattr(dataset, "LOCAL_MAX_ROWS", 0)
+    build(request("1.1.0"), capture_store, tmp_path / "duckdb")
+    build(request("1.3.0"), capture_store, tmp_path / "no_trades")
+    default, duck, candles = (_all_rows(tmp_path / n) for n in ("default", "duckdb", "no_trades"))
+    assert default.keys() == duck.keys() == candles.keys() and len(default) > 300
+    wrong, compared = [], 0
+    for key, row in default.items():
+        for name, value in row.items():
+            compared += 1
+            if not checks.same(value, duck[key][name]):
+                wrong.append((key, name, value, duck[key][name]))
+        for name in ("target_return", "target_direction"):
+            if name in row and row[name] != candles[key][name]:
+                wrong.append((key, name, row[name], candles[key][name]))
+    assert not wrong, f"{len(wrong)} of {compared} differ, e.g. {wrong[:5]}"
+    funding = [n for n in registry.load("1.1.0").names if compute.FEATURES[n].source == "funding"]
+    assert funding and all(any(r[n] is not None for r in default.values()) for n in funding)

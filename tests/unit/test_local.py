@@ -302,3 +302,15 @@ def test_first_by_order_keys_on_presorted_and_shuffled_rows(keys, layout, data):
         .order_by("g")
     )
     assert run(expr, t=t).to_pylist() == duck(expr, t=t).to_pylist()
+
+
+def test_timestamps_of_any_unit_are_epoch_milliseconds():
+    """DuckDB hands timestamps back in microseconds, the raw store keeps milliseconds."""
+    ms = [1_680_652_805_123, None, -1]
+    for unit, scale in (("s", None), ("ms", 1), ("us", 1000), ("ns", 1_000_000)):
+        values = [None if v is None else v // 1000 for v in ms] if scale is None else ms
+        ticks = [None if v is None else v * (scale or 1) for v in values]
+        col = local._from_arrow_column(pa.chunked_array([pa.array(ticks, pa.timestamp(unit))]))
+        expected = [None if v is None else v * (1000 if scale is None else 1) for v in values]
+        got = [int(v) if ok else None for v, ok in zip(col.values, col.mask(3), strict=True)]
+        assert got == expected, unit
