@@ -130,7 +130,7 @@ def _all_rows(out) -> dict[tuple[str, int], dict]:
 def test_executors_and_shared_trade_bars_change_no_value(capture_store, tmp_path, monkeypatch):
     """The builder runs small side sources (candles, funding, clock) by featlib.local and
     reads the trade-price targets off the trade features' bars. Against the other paths on
-    the real 2023 capture: every source by DuckDB (LOCAL_MAX_ROWS = 0), and targets of a
+    the real 2023 capture: the side sources by DuckDB (LOCAL_MAX_ROWS = 0), and targets of a
     version without trade features, which compute their bars from the raw trades."""
     from featlib import checks, dataset
 
