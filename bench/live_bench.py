@@ -775,6 +775,64 @@ def offline_compute_per_tick(capture: Path, version: str = "1.1.0") -> dict:
     }
 
 
+def offline_compute_all_symbols(
+    symbols: int = 10, seconds: int = 60, version: str = "1.1.0"
+) -> dict:
+    """No broker: the live engine on the P4 synthetic streams, one compute call whenever every
+    symbol has a tick ready (as the service does at its best), with the call's time split into
+    the new events' derivation, featlib.local on the plan, and the rest (vectors)."""
+    import tempfile
+
+    from featlib import compute, registry
+    from featlib.bybit import parse_message
+    from featlib.capture import read_lines
+    from featlib.live import LiveEngine
+
+    plan = compute.plan(registry.load(version).names)
+    engine = LiveEngine(plan, registry_version=version, cadences_ms=[1_000, 3_000, 15_000, 60_000])
+    spent = {"events": 0.0, "plan": 0.0}
+    derive, run_plan = engine._events, compute.compute_frame
+
+    def timed(key: str, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+
+        return call
+
+    engine._events = timed("events", derive)
+    compute.compute_frame = timed("plan", run_plan)
+    calls: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            capture = Path(tmp) / "streams.jsonl"
+            synthetic_capture(capture, symbols=symbols, seconds=seconds)
+            for line in read_lines(capture):
+                parsed = parse_message(line, received_at=0)
+                if parsed is None:
+                    continue
+                engine.on_message(parsed, 0)
+                if len(engine.ready) >= symbols:
+                    ticks, engine.ready = engine.ready, []
+                    t0 = time.perf_counter()
+                    engine.compute(ticks)
+                    calls.append((time.perf_counter() - t0) * 1000)
+    finally:
+        compute.compute_frame = run_plan
+    n = max(1, len(calls))
+    return {
+        "symbols": symbols,
+        "calls": len(calls),
+        "call_ms_p50": round(_pct(calls, 50) or 0.0, 2),
+        "call_ms_p99": round(_pct(calls, 99) or 0.0, 2),
+        "events_ms_per_call": round(spent["events"] * 1000 / n, 2),
+        "plan_ms_per_call": round(spent["plan"] * 1000 / n, 2),
+    }
+
+
 def run(**kwargs: Any) -> dict:
     return asyncio.run(measure(**kwargs))
 
