@@ -167,11 +167,11 @@ def p2(book_messages: int = 2_000_000, trades: int = 1_500_000) -> dict:
         cold = dataset.build(request, root, root / "cold")
         cold_s = time.perf_counter() - t0
         builds = []
-        for n in range(3):  # warm: the plan compiled (once per registry version and process)
+        for n in range(5):  # warm: the plan compiled (once per registry version and process)
             t0 = time.perf_counter()
             meta = dataset.build(request, root, root / f"out{n}")
             builds.append((time.perf_counter() - t0, meta))
-        build_s, meta = sorted(builds, key=lambda b: b[0])[1]  # the median
+        build_s, meta = sorted(builds, key=lambda b: b[0])[2]  # the median
     return {
         "name": "P2 one synthetic day -> registry 1.1.0 at a 1-second grid",
         "book_messages": book_messages,
@@ -179,7 +179,8 @@ def p2(book_messages: int = 2_000_000, trades: int = 1_500_000) -> dict:
         "grid_rows": meta["rows"]["grid"],
         "features": len(meta["features"]),
         "build_s": round(build_s, 3),
-        "build_s_of_3": [round(b[0], 3) for b in builds],
+        "build_s_of_5": [round(b[0], 3) for b in builds],
+        "best_build_s": round(min(b[0] for b in builds), 3),
         "build_stages_s": meta["timings_s"],
         "cold_build_s": round(cold_s, 3),
         "cold_stages_s": cold["timings_s"],
@@ -188,7 +189,7 @@ def p2(book_messages: int = 2_000_000, trades: int = 1_500_000) -> dict:
         "goal": "build_s <= 2 (floor measured by the issue's author: 0.7 s)",
         "met": build_s <= 2,
         "peak_rss_mb": meta["peak_rss_mb"],
-        "note": "build_s: the median of 3 builds in one process after a cold one (which "
+        "note": "build_s: the median of 5 builds in one process after a cold one (which "
         "compiles the "
         "feature plan to SQL once per registry version: cold_stages_s 'plan'; the CLI keeps "
         "compiled plans in its cache directory, so later processes skip it too)",
