@@ -954,7 +954,7 @@ def _sort_keys(col: Col, n: int) -> np.ndarray:
     """Values that sort as the column's do (int64 or float64; nulls: any value): the numbers
     themselves (NaN largest, as DuckDB orders it), sorted codes for strings and decimals."""
     values = _full_values(col, n)
-    if values.ndim == 1 and values.dtype.kind in "iub":
+    if values.ndim == 1 and values.dtype.kind in "ib":  # (uint64 could pass int64's range)
         return values.astype(np.int64)
     if values.ndim == 1 and values.dtype.kind == "f":
         return np.where(np.isnan(values), np.inf, values)
