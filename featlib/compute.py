@@ -521,9 +521,7 @@ def compute_source_local(
     grid = prepare_grid(grid_table)
     frames = {name: local.from_arrow(table) for name, table in tables.items()}
     frames["grid"] = local.from_arrow(grid)
-    if part.events is not None:
-        frames[part.events_table] = local_events(part, frames)
-    out = part.local_expr(frames, None)
+    out = _local_source(part, frames)
     schema = {f.name: part.output_schema[f.name] for f in part.features}
     values = local.to_arrow(local.Frame({n: out.columns[n] for n in schema}, out.n), schema)
     columns = {"symbol": grid["symbol"], "ts": grid["ts"]}
@@ -543,15 +541,22 @@ def compute_frame(
     frames["grid"] = grid
     columns = {}
     for part in p.parts:
-        if part.events is not None and part.events_table not in frames:
-            frames[part.events_table] = local_events(part, frames)
-        kept = frames.get(f"frame_{part.source}") if part.frame is not None else None
-        seed = {part.frame.op(): kept} if kept is not None else None
-        out = part.local_expr(frames, seed)
-        if out.n != grid.n:
-            raise RuntimeError(f"{part.source}: {out.n} rows for {grid.n} grid rows")
+        out = _local_source(part, frames)
         columns.update({f.name: out.columns[f.name] for f in part.features})
     return local.Frame({name: columns[name] for name in p.names}, grid.n)
+
+
+def _local_source(part: SourcePlan, frames: dict[str, local.Frame]) -> local.Frame:
+    """One source's expression by featlib.local on `frames` (the grid among them): its events
+    derived unless given, an asof source's kept `frame_{source}` used when given."""
+    if part.events is not None and part.events_table not in frames:
+        frames[part.events_table] = local_events(part, frames)
+    kept = frames.get(f"frame_{part.source}") if part.frame is not None else None
+    seed = {part.frame.op(): kept} if kept is not None else None
+    out = part.local_expr(frames, seed)
+    if out.n != frames["grid"].n:
+        raise RuntimeError(f"{part.source}: {out.n} rows for {frames['grid'].n} grid rows")
+    return out
 
 
 def local_events(part: SourcePlan, frames: Mapping[str, local.Frame]) -> local.Frame:
