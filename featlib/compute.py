@@ -530,10 +530,15 @@ def compute_source_local(
 
 
 def compute_frame(
-    p: Plan, tables: Mapping[str, pa.Table | local.Frame], grid: local.Frame
+    p: Plan,
+    tables: Mapping[str, pa.Table | local.Frame],
+    grid: local.Frame,
+    sources: Sequence[str] | None = None,
 ) -> local.Frame:
     """compute() on in-memory tables, for the live service: the grid (distinct rows, ordered
-    by symbol and ts) in and the feature columns out as numpy (featlib.local), no Arrow."""
+    by symbol and ts) in and the feature columns out as numpy (featlib.local), no Arrow.
+    `sources`: only these sources' features (each source's features read its own events
+    only, so the live service computes a source once its inputs for the tick are in)."""
     frames = {
         name: table if isinstance(table, local.Frame) else local.from_arrow(table)
         for name, table in tables.items()
@@ -541,9 +546,12 @@ def compute_frame(
     frames["grid"] = grid
     columns = {}
     for part in p.parts:
+        if sources is not None and part.source not in sources:
+            continue
         out = _local_source(part, frames)
         columns.update({f.name: out.columns[f.name] for f in part.features})
-    return local.Frame({name: columns[name] for name in p.names}, grid.n)
+    names = p.names if sources is None else [n for n in p.names if n in columns]
+    return local.Frame({name: columns[name] for name in names}, grid.n)
 
 
 def _local_source(part: SourcePlan, frames: dict[str, local.Frame]) -> local.Frame:

@@ -209,6 +209,9 @@ class SymbolState:
     """tick -> wall time (ms) its inputs became complete."""
     seen: dict[tuple, int] = field(default_factory=dict)
     """Raw-store keys of recent rows -> their ts: a redelivered message is applied once."""
+    parts: dict[int, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    """tick -> source -> its features, computed ahead of the tick's completion (once that
+    source's streams had moved past the tick); dropped when a row for it arrives after all."""
 
     clock: int = -1
     """The latest exchange ts of any message of this symbol: its event time."""
@@ -256,9 +259,15 @@ class LiveEngine:
         self.source_of = {k: s for s in plan.sources for k in compute.SOURCES[s].raw}
         self.raw_keep_ms = raw_keep_ms
         self.events_keep_ms = {s: lookback[s] + lookback_margin_ms for s in plan.sources}
+        self.source_streams = {  # the streams a source's features wait for
+            s: tuple(sorted({x for k in compute.SOURCES[s].raw for x in STREAMS_OF_TABLE[k]}))
+            for s in plan.sources
+        }
         self.symbols: dict[str, SymbolState] = {}
         self.stats = defaultdict(int)
         self.ready: list[tuple[str, int]] = []
+        self.ahead: set[str] = set()
+        """Symbols with a message since `precompute` last looked at them."""
 
     # --- input -----------------------------------------------------------------------------
 
@@ -290,7 +299,10 @@ class LiveEngine:
         st.heard[stream] = now
         ready = self._due(st, now)
         self.ready += ready
+        if st.parts:
+            self._invalidate(st, stream, min(int(r["ts"]) for r in parsed.rows))
         self._apply(st, parsed, stream)
+        self.ahead.add(st.symbol)
         tick = max(st.next_tick, _ceil_second(min(int(r["ts"]) for r in parsed.rows)))
         st.last_received[tick] = now  # the latest message contributing to ticks >= tick
         self.stats["messages"] += 1
@@ -510,49 +522,33 @@ class LiveEngine:
     # --- computing ---------------------------------------------------------------------------
 
     def compute(self, ticks: Sequence[tuple[str, int]]) -> list[FeatureVector]:
-        """Vectors for these (symbol, tick) rows through the one compute path."""
-        by_symbol: dict[str, list[int]] = defaultdict(list)
-        for symbol, tick in ticks:
-            by_symbol[symbol].append(tick)
-        tables: dict[str, local.Frame] = {}
-        symbols = sorted(by_symbol)
-        for part in self.plan.parts:
-            if part.events is None:
-                continue
-            self._events(part, {s: max(by_symbol[s]) for s in symbols})
-            if part.frame is not None:  # asof: the features at every event, kept
-                kept = self._kept(part, symbols)
-                tables[part.events_table] = _concat([kept[s][0] for s in symbols], {})
-                tables[f"frame_{part.source}"] = _concat(
-                    [kept[s][1] for s in symbols], part.frame_schema
-                )
-            else:
-                since = {s: min(by_symbol[s]) - self.events_keep_ms[part.source] for s in symbols}
-                frames = [
-                    self.symbols[s].events[part.source].frame(since[s], part.events_schema)
-                    for s in symbols
-                ]
-                tables[part.events_table] = _concat(frames, part.events_input_schema)
+        """Vectors for these (symbol, tick) rows through the one compute path (the sources
+        computed ahead, by `precompute`, are not computed again)."""
         rows = sorted(set(ticks))
-        grid = local.Frame(
-            {
-                "symbol": local.Col(np.array([s for s, _ in rows], dtype=object)),
-                "ts": local.Col(np.array([t for _, t in rows], np.int64)),
-            },
-            len(rows),
-        )
-        out = compute.compute_frame(self.plan, tables, grid)
+        todo: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for symbol, tick in rows:
+            have = self.symbols[symbol].parts.get(tick, {})
+            for source in self.plan.sources:
+                if source not in have:
+                    todo[source].append((symbol, tick))
+        for part in self.plan.parts:
+            if part.source in todo:
+                self._compute_source(part, todo[part.source])
         done = time.time() * 1000
         names = list(self.plan.names)
-        columns = {n: _values(out.columns[n], out.n) for n in names}
         vectors = []
-        for i, (symbol, tick) in enumerate(rows):
+        by_symbol: dict[str, list[int]] = defaultdict(list)
+        for symbol, tick in rows:
+            by_symbol[symbol].append(tick)
             st = self.symbols[symbol]
+            values: dict[str, float | None] = {}
+            for part in st.parts.pop(tick).values():
+                values.update(part)
+            features = {n: values[n] for n in names}
             received = max((w for t, w in st.last_received.items() if t <= tick), default=None)
             complete = st.completed_at.pop(tick, done)
             latency = max(0.0, done - complete)
             wait = None if received is None else round(max(0.0, complete - received), 3)
-            features = {n: columns[n][i] for n in names}
             sample = st.book_samples.get(tick)
             for cadence in self.cadences_ms:
                 if tick % cadence == 0:
@@ -572,9 +568,83 @@ class LiveEngine:
                         )
                     )
         self._trim(by_symbol)
-        self.stats["computed_ticks"] += len(ticks)
+        self.stats["computed_ticks"] += len(rows)
         self.stats["vectors"] += len(vectors)
         return vectors
+
+    def precompute(self, ahead_ticks: int = 10) -> int:
+        """Compute ahead of completion: for the open ticks (up to `ahead_ticks` steps) of the
+        symbols that had messages since the last call, every source whose streams have all
+        moved past the tick already (its inputs for the tick are in: the values are final
+        unless a row for the tick still arrives on one of them, which drops them again). A
+        tick's completion then computes only the sources still missing, usually those of
+        the stream that completed it. Returns how many (symbol, tick, source) were computed."""
+        todo: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        symbols, self.ahead = self.ahead, set()
+        for symbol in sorted(symbols):
+            st = self.symbols[symbol]
+            if st.next_tick is None:
+                continue
+            last = min(st.event_time, st.next_tick + (ahead_ticks - 1) * self.step)
+            for tick in range(st.next_tick, last + 1, self.step):
+                have = st.parts.get(tick, {})
+                for source, streams in self.source_streams.items():
+                    if source not in have and all(st.watermark.get(x, -1) > tick for x in streams):
+                        todo[source].append((symbol, tick))
+        for part in self.plan.parts:
+            if part.source in todo:
+                self._compute_source(part, todo[part.source])
+        computed = sum(len(rows) for rows in todo.values())
+        self.stats["parts_ahead"] += computed
+        return computed
+
+    def _invalidate(self, st: SymbolState, stream: str, since: int) -> None:
+        """A row at `since` on `stream`: drop what was computed ahead for ticks >= since from
+        the sources reading that stream."""
+        for tick, have in st.parts.items():
+            if tick >= since:
+                for source in [s for s in have if stream in self.source_streams[s]]:
+                    del have[source]
+                    self.stats["parts_dropped"] += 1
+
+    def _compute_source(self, part: compute.SourcePlan, rows: Sequence[tuple[str, int]]) -> None:
+        """One source's features at these (symbol, tick) rows (all symbols in one call), kept
+        in each symbol's `parts` until its tick's vector is made."""
+        by_symbol: dict[str, list[int]] = defaultdict(list)
+        for symbol, tick in rows:
+            by_symbol[symbol].append(tick)
+        symbols = sorted(by_symbol)
+        tables: dict[str, local.Frame] = {}
+        if part.events is not None:
+            self._events(part, {s: max(by_symbol[s]) for s in symbols})
+            if part.frame is not None:  # asof: the features at every event, kept
+                kept = self._kept(part, symbols)
+                tables[part.events_table] = _concat([kept[s][0] for s in symbols], {})
+                tables[f"frame_{part.source}"] = _concat(
+                    [kept[s][1] for s in symbols], part.frame_schema
+                )
+            else:
+                keep = self.events_keep_ms[part.source]
+                frames = [
+                    self.symbols[s]
+                    .events[part.source]
+                    .frame(min(by_symbol[s]) - keep, part.events_schema)
+                    for s in symbols
+                ]
+                tables[part.events_table] = _concat(frames, part.events_input_schema)
+        rows = sorted(set(rows))
+        grid = local.Frame(
+            {
+                "symbol": local.Col(np.array([s for s, _ in rows], dtype=object)),
+                "ts": local.Col(np.array([t for _, t in rows], np.int64)),
+            },
+            len(rows),
+        )
+        out = compute.compute_frame(self.plan, tables, grid, sources=[part.source])
+        columns = {n: _values(col, out.n) for n, col in out.columns.items()}
+        for i, (symbol, tick) in enumerate(rows):
+            values = {n: column[i] for n, column in columns.items()}
+            self.symbols[symbol].parts.setdefault(tick, {})[part.source] = values
 
     def _events(self, part: compute.SourcePlan, upto: Mapping[str, int]) -> None:
         """Derive the source's events of these symbols up to their time (all symbols in one

@@ -1,7 +1,7 @@
 """live == batch as a property: any stretch of the real January 2022 candles, fed to the live
-engine one message at a time with vectors taken at arbitrary moments (and quiet streams
-released by the wall clock), gives the values the dataset builder computes over the same
-stored rows."""
+engine one message at a time with vectors taken at arbitrary moments, quiet streams released
+by the wall clock and sources computed ahead of their ticks at other moments, gives the values
+the dataset builder computes over the same stored rows."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ _LINES = list(read_lines(shared(KLINES_31D)))
     start=st.integers(0, len(_LINES) - 400),
     length=st.integers(30, 400),
     every=st.integers(1, 120),
+    ahead=st.integers(0, 30),
     version=st.sampled_from(["1.2.0", "1.3.0", "1.0.0"]),
 )
 def test_live_equals_batch_on_any_stretch_of_january(
-    tmp_path_factory, start, length, every, version
+    tmp_path_factory, start, length, every, ahead, version
 ):
     lines = _LINES[start : start + length]
     data_dir = tmp_path_factory.mktemp("stretch")
@@ -40,6 +41,8 @@ def test_live_equals_batch_on_any_stretch_of_january(
         if n % every == 0:
             engine.release(wall)
             vectors += engine.take_vectors()
+        if ahead and n % ahead == 0:
+            engine.precompute()
     vectors += engine.flush()
     ticks = [(v.symbol, v.ts) for v in vectors]
     assert len(ticks) == len(set(ticks))  # each tick once
