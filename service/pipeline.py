@@ -6,12 +6,16 @@ A good one is applied to the live engine (featlib.live) at once and recorded in 
 in batches (featlib.raw, atomic files); it is acknowledged only after the batch holding it is
 on disk, so nothing a crash could lose has been acknowledged. A redelivered message is applied
 once (the engine dedupes by raw-store key; so does the store). Complete ticks are computed in
-batches and published to `features.live` with an explicit publish.
+batches and published to `features.live` with an explicit publish; between them, the sources
+whose inputs for an open tick are in are computed ahead (featlib.live.LiveEngine.precompute),
+so a completing tick computes only what its last message brought.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -54,14 +58,29 @@ class DeliveryOrder:
         self.given_up = 0
         self.holes: dict[Any, int] = defaultdict(int)
         """Per channel: tags given up (acknowledging past them would lose them)."""
+        self.paused = False
+        self.waiting: list[tuple[Any, int, Any]] = []
 
     def push(self, channel: Any, tag: int, item: Any) -> None:
+        if self.paused:
+            self.waiting.append((channel, tag, item))
+            return
         expected = self.next.setdefault(channel, 1)
         if tag < expected:  # late (its turn was given up) or redelivered on this channel
             self.apply(item)
             return
         self.held.setdefault(channel, {})[tag] = (time.monotonic(), item)
         self._release(channel)
+
+    def pause(self) -> None:
+        """Hold every delivery until resume() (as they came)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        waiting, self.waiting = self.waiting, []
+        for channel, tag, item in waiting:
+            self.push(channel, tag, item)
 
     def _release(self, channel: Any) -> None:
         held, tag = self.held[channel], self.next[channel]
@@ -169,6 +188,9 @@ class LivePipeline:
         self.last_message_wall: float | None = None
         self.flush_errors: deque[str] = deque(maxlen=20)
         self._wake = asyncio.Event()
+        self._ahead_due = False
+        """compute_loop will look at the work ahead (a message need not wake it)."""
+        self._frozen_after_first = False
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._gaps: dict[str, int] = {}
@@ -207,7 +229,7 @@ class LivePipeline:
         self.pending.append((parsed, message))
         self.counters["applied"] += 1
         metrics.MESSAGES.labels("applied").inc()
-        if self.engine.ready:
+        if self.engine.ready or not self._ahead_due:  # a tick complete, or work ahead
             self._wake.set()
         if len(self.pending) >= self.settings.flush_rows:
             self._spawn(self.flush())
@@ -325,36 +347,68 @@ class LivePipeline:
     # --- computing and publishing ---------------------------------------------------------
 
     async def compute_loop(self) -> None:
+        """Complete ticks first; in between, what can be computed ahead of them (see
+        LiveEngine.precompute), batched over `precompute_ms` of messages unless a tick
+        completes first."""
         while True:
-            await self._wake.wait()
             self._wake.clear()
-            await self.publish(self.engine.take_vectors())
+            if self.engine.ready:
+                await self.publish(self.engine.take_vectors())
+                if not self._frozen_after_first:  # the first compute loaded numba, pandas-ta
+                    self._frozen_after_first = True
+                    _freeze(collect=False)  # (a full collection now would stall 200 ms)
+                continue
+            if self.engine.ahead:
+                self._ahead_due = True
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.precompute_ms / 1000)
+                except TimeoutError:
+                    self.engine.precompute()
+                    self._ahead_due = False
+                continue
+            self._ahead_due = False
+            await self._wake.wait()
 
     async def publish(self, vectors: list[FeatureVector]) -> None:
-        for vector in vectors:
-            now = time.time() * 1000
-            if vector.complete_at is not None:
-                vector.latency_ms = round(now - vector.complete_at, 3)
-                self.latencies.append(vector.latency_ms)
-                metrics.VECTOR_LATENCY.observe(vector.latency_ms)
-                if vector.latency_ms > self.settings.latency_warn_ms:
-                    self.counters["slow_vectors"] += 1
-                    log.warning(
-                        "vector %s %s took %.1f ms (budget %.0f ms)",
-                        vector.symbol,
-                        vector.ts,
-                        vector.latency_ms,
-                        self.settings.latency_warn_ms,
-                    )
-            body = orjson.dumps(vector.model_dump(mode="json"))
-            await self.features.publish(
-                body, correlation_id=vector.trace_id, content_type="application/json"
-            )
-            self.counters["published"] += 1
-            metrics.VECTORS.labels(vector.interval).inc()
-            if vector.interval == self.settings.cadences[0]:
-                self.latest[vector.symbol] = vector
-            self.last_vector_wall = now
+        """Publish vectors: tick time by tick time, in order, and the vectors of one tick time
+        (one per symbol and cadence) together. Each publish waits for the connection's
+        writer, and one after the other every delivery applied in between delayed the rest
+        (measured: 1.8 ms a vector against 0.3 ms alone; 13 deliveries during 4 vectors), so
+        deliveries arriving meanwhile are held, not applied, and the vectors of a tick time,
+        each of its own (symbol, cadence) stream, go out at once. A consumer gets every
+        (symbol, cadence) stream in ts order."""
+        self.order.pause()
+        try:
+            by_time = sorted(vectors, key=lambda v: v.ts)  # (stable: cadences stay in order)
+            for _, layer in itertools.groupby(by_time, key=lambda v: v.ts):
+                await asyncio.gather(*(self._publish(vector) for vector in layer))
+        finally:
+            self.order.resume()
+
+    async def _publish(self, vector: FeatureVector) -> None:
+        now = time.time() * 1000
+        if vector.complete_at is not None:
+            vector.latency_ms = round(now - vector.complete_at, 3)
+            self.latencies.append(vector.latency_ms)
+            metrics.VECTOR_LATENCY.observe(vector.latency_ms)
+            if vector.latency_ms > self.settings.latency_warn_ms:
+                self.counters["slow_vectors"] += 1
+                log.warning(
+                    "vector %s %s took %.1f ms (budget %.0f ms)",
+                    vector.symbol,
+                    vector.ts,
+                    vector.latency_ms,
+                    self.settings.latency_warn_ms,
+                )
+        body = orjson.dumps(vector.model_dump(mode="json"))
+        await self.features.publish(
+            body, correlation_id=vector.trace_id, content_type="application/json"
+        )
+        self.counters["published"] += 1
+        metrics.VECTORS.labels(vector.interval).inc()
+        if vector.interval == self.settings.cadences[0]:
+            self.latest[vector.symbol] = vector
+        self.last_vector_wall = now
 
     async def drain(self) -> None:
         """End of input (tests, shutdown): compute what is open, record what is pending."""
@@ -362,6 +416,7 @@ class LivePipeline:
         await self.flush()
 
     def start(self) -> None:
+        _freeze()
         self._spawn(self.flush_loop())
         self._spawn(self.compute_loop())
 
@@ -383,3 +438,14 @@ class LivePipeline:
             "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))],
             "max_ms": values[-1],
         }
+
+
+def _freeze(collect: bool = True) -> None:
+    """What start-up made (the libraries, the compiled plan, the warmed-up buffers, and what
+    the first compute loads lazily: numba's typing, pandas-ta) lives as long as the process:
+    moved out of the cyclic GC's sight, a full collection no longer walks it (measured: 175 ms
+    a full collection, the event loop stalled, then 15-30 ms every 9 s until the first
+    compute's objects were frozen too). Frozen objects are still freed by reference counting."""
+    if collect:
+        gc.collect()
+    gc.freeze()

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     cadences: list[str] = ["1s", "3s", "15s", "1m"]
     quiet_ms: int = 10_000
     flush_ms: int = Field(default=250, ge=1, description="raw-store write (and ack) interval")
+    precompute_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="how long messages gather before the sources whose inputs for an open "
+        "tick are in are computed ahead of its completion (a completing tick goes first)",
+    )
     flush_rows: int = Field(default=20_000, ge=1)
     latency_warn_ms: float = 70.0
     warmup: bool = True
