@@ -89,6 +89,16 @@ def part_files(directory: Path) -> list[Path]:
     ]
 
 
+def _part_entries(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return [
+                e for e in entries if e.name.startswith("part-") and e.name.endswith(".parquet")
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
@@ -123,12 +133,13 @@ def unreadable(paths: Iterable[Path]) -> dict[Path, str]:
 _SPANS: dict[tuple[str, int, int], tuple[int, int] | None] = {}
 
 
-def _span(path: Path) -> tuple[int, int] | None:
+def _span(path: Path | os.DirEntry) -> tuple[int, int] | None:
     """(min ts, max ts) of a part file (None: no rows), from its footer statistics; part files
-    never change (named by content), so each is read once per process. Raises for a file whose
+    never change (named by content), so each is read once per process (one read per size and
+    mtime: a file damaged in place is read again, and found out). Raises for a file whose
     footer cannot be read."""
     info = path.stat()
-    key = (str(path), info.st_size, info.st_mtime_ns)
+    key = (os.fspath(path), info.st_size, info.st_mtime_ns)
     if key in _SPANS:
         return _SPANS[key]
     meta = pq.read_metadata(path)
@@ -236,17 +247,19 @@ def write(root: Path, kind: str, table: pa.Table) -> WriteStats:
         directory = partition_dir(root, kind, day, symbol)
         with _locked(directory):
             spans = {}
-            for path in part_files(directory):
+            for entry in _part_entries(directory):  # (no Path per file: thousands, live)
                 try:
-                    spans[path] = _span(path)
+                    spans[entry.path] = _span(entry)
                 except Exception as exc:  # pyarrow raises several types for a broken file
                     reason = f"{type(exc).__name__}: {exc}"
-                    stats.quarantined.append(quarantine(root, path, reason))
+                    stats.quarantined.append(quarantine(root, Path(entry.path), reason))
             # a row's key determines its ts, so only files whose ts range meets the batch's
             # can hold its keys: appending to a day reads a file or two, not the whole day
             first, last = int(ts_ms[rows].min()), int(ts_ms[rows].max())
             meets = [
-                p for p, span in spans.items() if span and span[0] <= last and span[1] >= first
+                Path(p)
+                for p, span in sorted(spans.items())
+                if span and span[0] <= last and span[1] >= first
             ]
             fresh = _new_rows(kind, batch, meets)
             if len(fresh):
