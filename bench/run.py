@@ -263,8 +263,8 @@ def p4(version: str = "1.1.0", symbols: int = 10, seconds: int = 60) -> dict:
         "the vectors' consumer share one process; all on one 2-core box with RabbitMQ. backlog "
         "= ready messages in the ws-gateway queues. offline_compute_per_tick: no broker, one "
         "compute call per tick vs all ticks in one call; offline_compute_all_symbols: no "
-        "broker, one call per tick of all symbols (the time split into deriving the new "
-        "events, featlib.local on the plan, and building vectors)",
+        "broker, the P4 streams through the engine as the service runs it, with the sources "
+        "computed ahead of their ticks' completion and without (all at the completion)",
     }
 
 
