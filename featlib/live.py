@@ -572,13 +572,16 @@ class LiveEngine:
         self.stats["vectors"] += len(vectors)
         return vectors
 
-    def precompute(self, ahead_ticks: int = 10) -> int:
+    def precompute(self, ahead_ticks: int = 10, sources: int | None = None) -> int:
         """Compute ahead of completion: for the open ticks (up to `ahead_ticks` steps) of the
         symbols that had messages since the last call, every source whose streams have all
         moved past the tick already (its inputs for the tick are in: the values are final
         unless a row for the tick still arrives on one of them, which drops them again). A
         tick's completion then computes only the sources still missing, usually those of
-        the stream that completed it. Returns how many (symbol, tick, source) were computed."""
+        the stream that completed it. `sources`: compute at most this many sources (each for
+        all its symbols and ticks) and leave the rest to the next call (`ahead` stays set),
+        so that a caller can serve completed ticks in between. Returns how many
+        (symbol, tick, source) were computed."""
         todo: dict[str, list[tuple[str, int]]] = defaultdict(list)
         symbols, self.ahead = self.ahead, set()
         for symbol in sorted(symbols):
@@ -591,10 +594,13 @@ class LiveEngine:
                 for source, streams in self.source_streams.items():
                     if source not in have and all(st.watermark.get(x, -1) > tick for x in streams):
                         todo[source].append((symbol, tick))
-        for part in self.plan.parts:
-            if part.source in todo:
-                self._compute_source(part, todo[part.source])
-        computed = sum(len(rows) for rows in todo.values())
+        parts = [part for part in self.plan.parts if part.source in todo]
+        if sources is not None and len(parts) > sources:
+            parts = parts[:sources]
+            self.ahead |= symbols  # looked at again (cheap) by the next call
+        for part in parts:
+            self._compute_source(part, todo[part.source])
+        computed = sum(len(todo[part.source]) for part in parts)
         self.stats["parts_ahead"] += computed
         return computed
 

@@ -363,7 +363,9 @@ class LivePipeline:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.settings.precompute_ms / 1000)
                 except TimeoutError:
-                    self.engine.precompute()
+                    # a source at a time (all its symbols in one call), completed ticks first
+                    while not self.engine.ready and self.engine.precompute(sources=1):
+                        await asyncio.sleep(0)
                     self._ahead_due = False
                 continue
             self._ahead_due = False

@@ -115,8 +115,9 @@ def test_a_restart_mid_second_equals_batch(tmp_path):
     assert not _wrong(vectors, tmp_path)
 
 
-def _run_ahead(engine, lines, every, flush=True):
-    """As _run, with the sources whose inputs are in computed ahead every `every` messages."""
+def _run_ahead(engine, lines, every, flush=True, sources=None):
+    """As _run, with the sources whose inputs are in computed ahead every `every` messages
+    (at most `sources` of them a call)."""
     vectors = []
     for n, line in enumerate(lines):
         parsed = parse_message(line, received_at=0)
@@ -125,7 +126,7 @@ def _run_ahead(engine, lines, every, flush=True):
         engine.on_message(parsed, 0)
         vectors += engine.take_vectors()
         if n % every == 0:
-            engine.precompute()
+            engine.precompute(sources=sources)
     return vectors + (engine.flush() if flush else [])
 
 
@@ -137,12 +138,12 @@ def stored_6000(tmp_path_factory):
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
-@given(every=st.integers(1, 60))
-def test_sources_computed_ahead_equal_batch(every, stored_6000):
+@given(every=st.integers(1, 60), sources=st.sampled_from([None, 1, 2]))
+def test_sources_computed_ahead_equal_batch(every, sources, stored_6000):
     """Sources computed ahead of their tick's completion (once their own streams are past it),
     at any rhythm, give the vectors batch gives; the completions compute only what is left."""
     engine = LiveEngine(PLAN, registry_version="1.1.0", cadences_ms=[1000])
-    vectors = _run_ahead(engine, _LINES[:6000], every)
+    vectors = _run_ahead(engine, _LINES[:6000], every, sources=sources)
     assert len(vectors) > 60 and engine.stats["parts_ahead"] > 0
     assert not _wrong(vectors, stored_6000)
 
