@@ -21,6 +21,10 @@ local in time, a stretch's events depend on that stretch's rows only (tests/unit
 checks it) — and a raw row arriving for a stretch already derived has that source's events
 derived again; the pandas indicators over a symbol's candles, recomputed when a candle
 arrives; and the candle features at every candle (SourcePlan.frame), which the grid joins.
+
+A source's features read its own streams only, so `precompute()` computes, between ticks, the
+sources whose streams are past an open tick already (a row for that tick arriving after all
+drops them again): the tick's completion then computes only what its last stream brought.
 """
 
 from __future__ import annotations
