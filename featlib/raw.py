@@ -79,17 +79,12 @@ def partition_dir(root: Path, kind: str, day: dt.date, symbol: str) -> Path:
 
 
 def part_files(directory: Path) -> list[Path]:
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    directory = Path(directory)
-    return [
-        directory / n for n in sorted(names) if n.startswith("part-") and n.endswith(".parquet")
-    ]
+    return [Path(e.path) for e in sorted(_part_entries(directory), key=lambda e: e.name)]
 
 
 def _part_entries(directory: Path) -> list[os.DirEntry]:
+    """A partition's part files as directory entries (no Path object or separate stat call
+    per file: a live partition holds thousands)."""
     try:
         with os.scandir(directory) as entries:
             return [
@@ -247,7 +242,7 @@ def write(root: Path, kind: str, table: pa.Table) -> WriteStats:
         directory = partition_dir(root, kind, day, symbol)
         with _locked(directory):
             spans = {}
-            for entry in _part_entries(directory):  # (no Path per file: thousands, live)
+            for entry in _part_entries(directory):
                 try:
                     spans[entry.path] = _span(entry)
                 except Exception as exc:  # pyarrow raises several types for a broken file
