@@ -56,7 +56,10 @@ def test_events_of_stretches_equal_events_of_everything(source, cuts, real_captu
     )
 
 
-def _run(engine, lines, wall_step=0.0):
+def _run(engine, lines, wall_step=0.0, ahead_every=None, sources=None, flush=True):
+    """Feed the lines one message at a time, taking vectors as they complete; with
+    `ahead_every`, the sources whose inputs are in are computed ahead every that many messages
+    (at most `sources` of them a call)."""
     vectors = []
     for n, line in enumerate(lines):
         parsed = parse_message(line, received_at=0)
@@ -64,7 +67,9 @@ def _run(engine, lines, wall_step=0.0):
             continue
         engine.on_message(parsed, n * wall_step)
         vectors += engine.take_vectors()
-    return vectors + engine.flush()
+        if ahead_every and n % ahead_every == 0:
+            engine.precompute(sources=sources)
+    return vectors + (engine.flush() if flush else [])
 
 
 def _wrong(vectors, data_dir):
@@ -115,21 +120,6 @@ def test_a_restart_mid_second_equals_batch(tmp_path):
     assert not _wrong(vectors, tmp_path)
 
 
-def _run_ahead(engine, lines, every, flush=True, sources=None):
-    """As _run, with the sources whose inputs are in computed ahead every `every` messages
-    (at most `sources` of them a call)."""
-    vectors = []
-    for n, line in enumerate(lines):
-        parsed = parse_message(line, received_at=0)
-        if parsed is None:
-            continue
-        engine.on_message(parsed, 0)
-        vectors += engine.take_vectors()
-        if n % every == 0:
-            engine.precompute(sources=sources)
-    return vectors + (engine.flush() if flush else [])
-
-
 @pytest.fixture(scope="module")
 def stored_6000(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("first6000")
@@ -143,7 +133,7 @@ def test_sources_computed_ahead_equal_batch(every, sources, stored_6000):
     """Sources computed ahead of their tick's completion (once their own streams are past it),
     at any rhythm, give the vectors batch gives; the completions compute only what is left."""
     engine = LiveEngine(PLAN, registry_version="1.1.0", cadences_ms=[1000])
-    vectors = _run_ahead(engine, _LINES[:6000], every, sources=sources)
+    vectors = _run(engine, _LINES[:6000], ahead_every=every, sources=sources)
     assert len(vectors) > 60 and engine.stats["parts_ahead"] > 0
     assert not _wrong(vectors, stored_6000)
 
@@ -166,7 +156,7 @@ def test_a_row_for_a_tick_computed_ahead_drops_it(tmp_path):
     for i, j in moves:
         moved = lines[:i] + lines[i + 1 : j + 1] + [lines[i]] + lines[j + 1 :]
         engine = LiveEngine(PLAN, registry_version="1.1.0", cadences_ms=[1000])
-        vectors = _run_ahead(engine, moved[: j + 1], 1, flush=False)
+        vectors = _run(engine, moved[: j + 1], ahead_every=1, flush=False)
         tick = -(-max(r["ts"] for r in parsed[i].rows) // 1000) * 1000
         state = engine.symbols["BTCUSDT"]
         if tick >= state.next_tick and "trades" in state.parts.get(tick, {}):
@@ -174,6 +164,6 @@ def test_a_row_for_a_tick_computed_ahead_drops_it(tmp_path):
     else:
         pytest.fail("no trade message in the capture to deliver late")
     ingest(tmp_path, iter(moved))
-    vectors += _run_ahead(engine, moved[j + 1 :], 1)
+    vectors += _run(engine, moved[j + 1 :], ahead_every=1)
     assert engine.stats["parts_dropped"] >= 1
     assert any(v.ts == tick for v in vectors) and not _wrong(vectors, tmp_path)
