@@ -56,8 +56,15 @@ def settings_for(prefix: str, data_dir: Path, **changes: Any) -> Settings:
 @dataclass
 class Collected:
     vectors: list[dict] = field(default_factory=list)
+    """As the handler got them (aio-pika runs each delivery in a task of its own: two can
+    swap; `in_queue_order` has them as the queue delivered them)."""
+    tags: list[int] = field(default_factory=list)
     dead: list[tuple[bytes, dict]] = field(default_factory=list)
     ready: list[dict] = field(default_factory=list)
+
+    def in_queue_order(self) -> list[dict]:
+        """The vectors by delivery tag (one consumer channel: the queue's order)."""
+        return [v for _, v in sorted(zip(self.tags, self.vectors, strict=True))]
 
 
 @contextlib.asynccontextmanager
@@ -70,6 +77,7 @@ async def collector(settings: Settings) -> AsyncIterator[Collected]:
     @broker.subscriber(RabbitQueue(settings.queue_features, durable=True))
     async def vectors(message: RabbitMessage) -> None:
         out.vectors.append(orjson.loads(message.body))
+        out.tags.append(message.raw_message.delivery_tag)
 
     @broker.subscriber(RabbitQueue(settings.queue_dead_letter, durable=True))
     async def dead(message: RabbitMessage) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import subprocess
 
 import orjson
@@ -33,6 +34,16 @@ pytestmark = pytest.mark.integration
 
 def _count(paths) -> int:
     return sum(1 for p in paths for _ in read_lines(p))
+
+
+def _in_ts_order(got) -> None:
+    """Every (symbol, interval) stream came off the queue in ts order, each tick once."""
+    streams: dict[tuple[str, str], list[int]] = {}
+    for v in got.in_queue_order():
+        streams.setdefault((v["symbol"], v["interval"]), []).append(v["ts"])
+    for stream, ts in streams.items():
+        wrong = [(a, b) for a, b in itertools.pairwise(ts) if a >= b]
+        assert not wrong, f"{stream}: {len(wrong)} out of order, e.g. {wrong[:3]}"
 
 
 def _compare(vectors: list[dict], plan: compute.Plan, data_dir) -> int:
@@ -77,6 +88,7 @@ async def test_identity_on_the_2023_capture(tmp_path, record_property):
     app, got, cfg = await _replay_through_service(tmp_path, files, version)
     plan = app.state.pipeline.plan
     assert len(got.vectors) > 400 and not got.dead
+    _in_ts_order(got)
     compared = _compare(got.vectors, plan, cfg.data_dir)
     record_property("compared_values", compared)
     non_null = {n for v in got.vectors for n, x in v["features"].items() if x is not None}
@@ -89,6 +101,7 @@ async def test_identity_on_two_symbols_at_once(tmp_path, record_property):
     app, got, cfg = await _replay_through_service(tmp_path, files, "1.1.0")
     symbols = {v["symbol"] for v in got.vectors}
     assert symbols == {"BTCUSDT", "ETHUSDT"}
+    _in_ts_order(got)
     compared = _compare(got.vectors, app.state.pipeline.plan, cfg.data_dir)
     record_property("compared_values", compared)
 
@@ -298,6 +311,7 @@ async def test_a_restarted_service_warms_up_and_still_equals_batch(tmp_path, rec
                 )
                 await pipeline.drain()
                 await settle(got)
+                _in_ts_order(got)
                 vectors.append(got.vectors)
         finally:
             await purge(cfg)
