@@ -41,8 +41,7 @@ class Settings(BaseSettings):
         default=20.0,
         ge=0,
         description="how long messages gather before the sources whose inputs for an open "
-        "tick are in are computed ahead of its completion (one source at a time, deliveries "
-        "and their completions served in between)",
+        "tick are in are computed ahead of its completion (a completing tick goes first)",
     )
     flush_rows: int = Field(default=20_000, ge=1)
     latency_warn_ms: float = 70.0
