@@ -64,7 +64,8 @@ class Collected:
 
     def in_queue_order(self) -> list[dict]:
         """The vectors by delivery tag (one consumer channel: the queue's order)."""
-        return [v for _, v in sorted(zip(self.tags, self.vectors, strict=True))]
+        pairs = sorted(zip(self.tags, self.vectors, strict=True), key=lambda p: p[0])
+        return [v for _, v in pairs]
 
 
 @contextlib.asynccontextmanager
