@@ -353,7 +353,13 @@ class LivePipeline:
         while True:
             self._wake.clear()
             if self.engine.ready:
-                await self.publish(self.engine.take_vectors())
+                try:
+                    vectors = self.engine.take_vectors()
+                except Exception:  # a bug in a feature must not stop the service: say, count
+                    self.counters["compute_errors"] += 1
+                    log.exception("computing complete ticks failed; their vectors are lost")
+                    continue
+                await self.publish(vectors)
                 if not self._frozen_after_first:  # the first compute loaded numba, pandas-ta
                     self._frozen_after_first = True
                     _freeze(collect=False)  # (a full collection now would stall 200 ms)
@@ -364,8 +370,12 @@ class LivePipeline:
                     await asyncio.wait_for(self._wake.wait(), self.settings.precompute_ms / 1000)
                 except TimeoutError:
                     # a source at a time (all its symbols in one call), completed ticks first
-                    while not self.engine.ready and self.engine.precompute(sources=1):
-                        await asyncio.sleep(0)
+                    try:
+                        while not self.engine.ready and self.engine.precompute(sources=1):
+                            await asyncio.sleep(0)
+                    except Exception:  # the completion computes what is missing
+                        self.counters["precompute_errors"] += 1
+                        log.exception("computing ahead failed")
                     self._ahead_due = False
                 continue
             self._ahead_due = False

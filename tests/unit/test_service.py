@@ -3,6 +3,8 @@ broker is exercised in tests/integration/test_live_service.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import orjson
 import pytest
@@ -37,7 +39,9 @@ def candles() -> list[bytes]:
     return list(read_lines(shared(KLINES_31D)))[:800]
 
 
-async def _run(app, lines, queue="ws-gateway.kline"):
+async def _run(app, lines, queue="ws-gateway.kline", loops=False):
+    """Publish the lines to the in-memory broker, drain; `loops`: with the pipeline's compute
+    and flush loops running (pausing 50 ms every 100 lines: time to compute ahead)."""
     broker, pipeline, settings = app.state.broker, app.state.pipeline, app.state.settings
     out = app.state.out_broker  # vectors leave on their own connection
     dead, vectors = [], []
@@ -52,9 +56,15 @@ async def _run(app, lines, queue="ws-gateway.kline"):
         vectors.append(orjson.loads(message.body))
 
     async with TestRabbitBroker(out), TestRabbitBroker(broker) as test:
-        for line in lines:
+        if loops:
+            pipeline.start()
+        for n, line in enumerate(lines):
             await test.publish(line, queue=queue)
+            if loops and n % 100 == 99:
+                await asyncio.sleep(0.05)
         await pipeline.drain()
+        if loops:
+            await pipeline.stop()
     return dead, vectors
 
 
@@ -92,6 +102,33 @@ async def test_good_messages_are_recorded_and_vectors_equal_batch(app, candles, 
     assert compared == len(vectors) * len(names) > 5_000
     # enough warm-up for rsi_14 by the end: its values are numbers, not nulls
     assert vectors[-1]["features"]["rsi_14"] is not None
+
+
+async def test_a_failing_compute_stops_neither_consuming_nor_publishing(app, candles):
+    """A bug in a feature (the compute of complete ticks raises once; computing ahead raises
+    every time) is logged and counted; the ticks after it are still computed and published."""
+    engine, failed = app.state.pipeline.engine, []
+    compute = engine.compute
+
+    def flaky(ticks):
+        if not failed:
+            failed.append(sorted(ticks))
+            raise RuntimeError("a feature's bug")
+        return compute(ticks)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug computing ahead")
+
+    engine.compute, engine.precompute = flaky, broken
+    engine.quiet_ms = 0  # no tickers in these streams: a candle completes its tick at once
+    _, vectors = await _run(app, candles[:400], loops=True)
+    counters = app.state.pipeline.counters
+    assert counters["compute_errors"] == 1 and counters["precompute_errors"] >= 1
+    assert counters["applied"] == counters["acked"] == 400  # every message recorded
+    lost = {ts for _, ts in failed[0]}
+    published = {v["ts"] for v in vectors}
+    assert not lost & published and len(published) == 400 - len(lost)
+    assert max(published) > max(lost)  # ticks after the failure came out
 
 
 async def test_http_contract(app, candles):
