@@ -8,20 +8,21 @@ Streams (synthetic, deterministic, in ws-gateway's envelope): per symbol about w
 2023 capture carries per second, i.e. ~28 orderbook.50 deltas (after one snapshot), ~26
 publicTrade messages, a ticker and a kline.1 update, plus each candle's confirmation; ~565
 messages/s for 10 symbols in real time. The service (service.app with its real lifespan:
-FastStream broker, live pipeline, raw-store flushes) and a `features.live` consumer run in this
-process, as tests/live_harness.py runs them; the publisher, pipelines.replay at --speed 0 (one
-channel, no publisher confirms, persistent messages, what the tests replay with), runs in a
-subprocess beside it, as ws-gateway would. Queue names carry a unique prefix and are deleted at
-the end.
+FastStream broker, live pipeline, raw-store flushes) runs in this process, as
+tests/live_harness.py runs it; the publisher, pipelines.replay (one channel, no publisher
+confirms, persistent messages, what the tests replay with), runs in a subprocess beside it, as
+ws-gateway would, and so does a `features.live` consumer, as a downstream one would (in the
+service's process its deliveries would wait behind the service's). Queue names carry a unique
+prefix and are deleted at the end.
 
 Measured: messages/s published (in the publisher) and consumed/acknowledged (the pipeline's
 counters, sampled every 0.1 s); each vector's `latency_ms` as the service publishes it (wall
-time the last contributing message reached the handler -> the compute call that made the
-vector returned) and, beside it, the delay from there to this consumer; vectors/s; the ready
-depth of the ws-gateway queues every 0.5 s (passive declare). To explain the latency, three
-things are timed without changing what runs: every featlib compute call the engine makes
-(ticks per call, duration), every `features.live` publish the pipeline awaits, and how late a
-0.1 s sleep wakes up in this event loop.
+time its tick was completed, i.e. the completing message reached the handler -> the vector
+handed to the connection) and, beside it, the time from the completion to the consumer
+process; vectors/s; the ready depth of the ws-gateway queues every 0.5 s (passive declare). To
+explain the latency, two things are timed without changing what runs: every featlib compute
+call the engine makes for complete ticks (ticks per call, duration) and how late a 0.1 s sleep
+wakes up in this event loop.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import argparse
 import asyncio
 import heapq
 import json
-import math
 import random
 import sys
 import tempfile
@@ -281,6 +281,51 @@ def synthetic_capture(path: Path, symbols: int = 10, seconds: int = 90, seed: in
 # --- the publisher (a subprocess) ------------------------------------------------------------
 
 
+def consume_main(argv: list[str]) -> int:
+    """`python -m bench.live_bench consume QUEUE FILE`: a `features.live` consumer in a process
+    of its own, as a downstream one would be (in the service's process its deliveries would
+    wait behind the service's). Appends "arrival wall ms<TAB>body" per vector to FILE, says
+    "ready" once consuming, stops on SIGTERM."""
+    import signal
+
+    import aio_pika
+
+    parser = argparse.ArgumentParser(prog="python -m bench.live_bench consume")
+    parser.add_argument("queue")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--url", default=RABBIT)
+    args = parser.parse_args(argv)
+
+    async def consume() -> None:
+        connection = await aio_pika.connect(args.url)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1_000)
+        queue = await channel.declare_queue(args.queue, durable=True)
+        with args.file.open("ab") as out:
+
+            async def on_vector(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                out.write(b"%.3f\t%s\n" % (time.time() * 1000, message.body))
+                out.flush()
+                await message.ack()
+
+            await queue.consume(on_vector)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            print("ready", flush=True)
+            await stop.wait()
+        await connection.close()
+
+    asyncio.run(consume())
+    return 0
+
+
+def _arrivals(path: Path) -> list[tuple[float, bytes]]:
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")[:-1]  # (the last line may be half written)
+    return [(float(t), body) for t, body in (line.split(b"\t", 1) for line in lines)]
+
+
 def publish_main(argv: list[str]) -> int:
     """`python -m bench.live_bench publish FILE PREFIX`: pipelines.replay at full speed, timed
     inside the process; prints {"t0", "t1", "counts"} as JSON."""
@@ -396,13 +441,10 @@ async def measure(
         outputs = [settings.queue_features, settings.queue_dead_letter]
         outputs.append(settings.queue_dataset_ready)
 
+        arrived_file = root / "features.tsv"
         arrivals: list[tuple[float, bytes]] = []
         dead: list[bytes] = []
         consumer = RabbitBroker(url, logger=None)
-
-        @consumer.subscriber(RabbitQueue(settings.queue_features, durable=True))
-        async def on_vector(message: RabbitMessage) -> None:
-            arrivals.append((time.time() * 1000, message.body))
 
         @consumer.subscriber(RabbitQueue(settings.queue_dead_letter, durable=True))
         async def on_dead(message: RabbitMessage) -> None:
@@ -411,8 +453,6 @@ async def measure(
         counters: list[tuple[float, int, int, int]] = []  # t, applied, acked, vectors out
         depths: list[tuple[float, dict[str, int]]] = []
         calls: list[tuple[int, float]] = []  # ticks, seconds
-        computed_at: dict[str, float] = {}  # trace id -> wall ms its compute call finished
-        publish_waits: list[float] = []  # seconds each features.live publish was awaited
         loop_lag: list[float] = []  # how late a 0.1 s sleep in this event loop woke up
         publisher: dict[str, Any] = {}
         try:
@@ -425,21 +465,9 @@ async def measure(
                 started = time.perf_counter()
                 vectors = compute(ticks)
                 calls.append((len(ticks), time.perf_counter() - started))
-                done = time.time() * 1000
-                computed_at.update((v.trace_id, done) for v in vectors)
                 return vectors
 
             engine.compute = timed_compute
-            publish = pipeline.features.publish
-
-            async def timed_publish(*args, **kwargs):  # the same publish, its await timed
-                started = time.perf_counter()
-                try:
-                    return await publish(*args, **kwargs)
-                finally:
-                    publish_waits.append(time.perf_counter() - started)
-
-            pipeline.features.publish = timed_publish
 
             async def sample_counters() -> None:
                 while True:
@@ -462,6 +490,20 @@ async def measure(
                     await asyncio.sleep(max(0.0, 0.5 - (time.time() - now)))
 
             await consumer.start()
+            reader = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.live_bench",
+                "consume",
+                settings.queue_features,
+                str(arrived_file),
+                "--url",
+                url,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            if (await asyncio.wait_for(reader.stdout.readline(), 30)).strip() != b"ready":
+                raise RuntimeError("P4: the features.live consumer did not start")
             async with app.router.lifespan_context(app):
                 connection = await aio_pika.connect(url)
                 channel = await connection.channel()
@@ -511,6 +553,7 @@ async def measure(
                     deadline, seen = time.monotonic() + 30.0, None
                     quiet_since = time.monotonic()
                     while time.monotonic() - quiet_since < 1.0:
+                        arrivals = _arrivals(arrived_file)
                         now = (c["published"], len(arrivals))
                         if now != seen or now[0] != now[1]:
                             seen, quiet_since = now, time.monotonic()
@@ -528,6 +571,9 @@ async def measure(
                 gaps = sum(st.book.gaps for st in engine.symbols.values() if st.book)
                 given_up = pipeline.order.given_up
         finally:
+            if "reader" in locals() and reader.returncode is None:
+                reader.terminate()
+                await reader.wait()
             await consumer.stop()
             await _delete_queues(url, inputs + outputs)
 
@@ -546,8 +592,6 @@ async def measure(
         depths=depths,
         calls=calls,
         arrivals=arrivals,
-        computed_at=computed_at,
-        publish_waits=publish_waits,
         loop_lag=loop_lag,
         dead=len(dead),
         stats=stats,
@@ -572,8 +616,6 @@ def _report(
     depths: list[tuple[float, dict[str, int]]],
     calls: list[tuple[int, float]],
     arrivals: list[tuple[float, bytes]],
-    computed_at: dict[str, float],
-    publish_waits: list[float],
     loop_lag: list[float],
     dead: int,
     stats: dict[str, int],
@@ -599,21 +641,16 @@ def _report(
     feed_waits = np.array(
         [v["wait_ms"] for v in vectors if v.get("wait_ms") is not None], dtype=float
     )
-    to_consumer = np.array(
-        [
-            v["latency_ms"] + (t - computed_at[v["trace_id"]])
-            for (t, _), v in zip(arrivals, vectors, strict=True)
-            if v["trace_id"] in computed_at and not math.isnan(v["latency_ms"])
-        ]
+    to_consumer = np.array(  # the tick complete (its last message received) -> here
+        [t - v["complete_at"] for (t, _), v in zip(arrivals, vectors, strict=True)]
     )
     span = (arrived[-1] - arrived[0]) / 1000 if len(arrived) > 1 else None
-    windows: dict[int, list[float]] = {}  # 5 s of run time (by compute end) -> latencies
+    windows: dict[int, list[float]] = {}  # 5 s of run time (by completion) -> latencies
     for v in vectors:
-        done = computed_at.get(v["trace_id"])
-        if done is not None and not math.isnan(v["latency_ms"]):
-            windows.setdefault(int((done / 1000 - started) // 5), []).append(v["latency_ms"])
+        windows.setdefault(int((v["complete_at"] / 1000 - started) // 5), []).append(
+            v["latency_ms"]
+        )
     lag = np.array(loop_lag) * 1000
-    waits = np.array(publish_waits) * 1000
     per_interval = Counter(v["interval"] for v in vectors)
     ticks = {(v["symbol"], v["ts"]) for v in vectors}
 
@@ -687,11 +724,6 @@ def _report(
             "p50": _pct(to_consumer, 50),
             "p99": _pct(to_consumer, 99),
             "max": round(float(to_consumer.max()), 2) if len(to_consumer) else None,
-        },
-        "features_publish_await_ms": {
-            "p50": _pct(waits, 50),
-            "p99": _pct(waits, 99),
-            "max": round(float(waits.max()), 1) if len(waits) else None,
         },
         "event_loop_lag_ms": {
             "p50": _pct(lag, 50),
@@ -858,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["publish"]:
         return publish_main(argv[1:])
+    if argv[:1] == ["consume"]:
+        return consume_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.live_bench", description=__doc__)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=90, help="exchange time to replay")

@@ -256,11 +256,13 @@ def p4(version: str = "1.1.0", symbols: int = 10, seconds: int = 60) -> dict:
         "symbols; no growing backlog",
         "met": bool(p99 is not None and p99 <= 10 and not full["backlog_grows_at_full_speed"]),
         "note": "latency_ms: each vector's own figure, from the receipt of the last message it "
-        "waited for (the one that showed every stream past its ts) to its publish; wait_ms: "
+        "waited for (the one that showed every stream past its ts) to its publish (handed to "
+        "the connection); latency_to_consumer_ms: from the same receipt to the vector's "
+        "arrival in a consumer process of its own; wait_ms: "
         "from the last message with data <= ts to that point (the feed's cadence: the synthetic "
         "tickers come once a second). Publisher: pipelines.replay in a subprocess (one channel, "
-        "no confirms, persistent), at full speed or at the exchange's pace; the service and "
-        "the vectors' consumer share one process; all on one 2-core box with RabbitMQ. backlog "
+        "no confirms, persistent), at full speed or at the exchange's pace; the vectors' "
+        "consumer in another; all on one 2-core box with RabbitMQ. backlog "
         "= ready messages in the ws-gateway queues. offline_compute_per_tick: no broker, one "
         "compute call per tick vs all ticks in one call; offline_compute_all_symbols: no "
         "broker, the P4 streams through the engine as the service runs it, with the sources "

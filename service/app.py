@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await out.start()
         await broker.start()
         app.state.broker_started = True
+        pipeline.out.channel = out._channel  # FastStream's channel (no publisher confirms)
         pipeline.start()
         pipeline._spawn(gateway.subscribe())  # retries in the background; never cancelled
         log.info(
