@@ -414,7 +414,10 @@ class LivePipeline:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.out.wait()  # the vectors made go out
+        try:  # the vectors made go out, unless the connection stays down
+            await asyncio.wait_for(self.out.wait(), self.settings.stop_publish_s)
+        except TimeoutError:
+            log.warning("%d vectors not published at shutdown", len(self.out.waiting))
         await self.flush()
 
     # --- reporting ------------------------------------------------------------------------

@@ -65,7 +65,8 @@ class VectorWriter:
 
     async def _drain(self) -> None:
         while self.waiting:
-            body, correlation_id = self.waiting[0]
+            # taken off first: a full queue drops its oldest, never the one being written
+            body, correlation_id = self.waiting.popleft()
             try:
                 await self._write(body, correlation_id)
             except asyncio.CancelledError:
@@ -73,7 +74,6 @@ class VectorWriter:
             except Exception as exc:  # a closed channel: say so, go on with the next
                 self.counters["publish_errors"] += 1
                 log.warning("publishing a vector to %s failed: %s", self.queue, exc)
-            self.waiting.popleft()
 
     async def _write(self, body: bytes, correlation_id: str) -> None:
         if self.channel is None:

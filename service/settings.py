@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     )
     flush_rows: int = Field(default=20_000, ge=1)
     latency_warn_ms: float = 70.0
+    stop_publish_s: float = Field(
+        default=5.0, ge=0, description="at shutdown, how long vectors made may wait to go out"
+    )
     warmup: bool = True
     """Fill the live buffers from the raw store at start-up."""
 

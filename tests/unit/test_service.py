@@ -170,3 +170,32 @@ async def test_http_contract(app, candles):
         assert {"ws-gateway.kline", "features.live"} <= set(spec["channels"])
         docs = await client.get("/openapi.json")
         assert "/features/latest" in docs.json()["paths"]
+
+
+async def test_vectors_wait_in_order_while_the_connection_is_down():
+    """A write that waits (the connection is down) holds the vectors sent after it, in order;
+    past the backlog the oldest waiting are dropped and counted, never the one in flight."""
+    from collections import Counter
+
+    from service import publishing
+
+    class Publisher:  # stands in for FastStream's publisher: records, blocks while "down"
+        def __init__(self):
+            self.up, self.got = asyncio.Event(), []
+
+        async def publish(self, body, **_):
+            await self.up.wait()
+            self.got.append(body)
+
+    publisher, counters = Publisher(), Counter()
+    writer = publishing.VectorWriter(publisher, "features.live", counters)
+    writer.waiting = type(writer.waiting)(maxlen=3)
+    for n in range(6):  # 0 is in flight; 1..5 wait, 3 fit: 1 and 2 are dropped
+        writer.send(b"%d" % n, str(n))
+    await asyncio.sleep(0)
+    assert publisher.got == [] and counters["vectors_dropped"] == 2
+    publisher.up.set()
+    await writer.wait()
+    assert publisher.got == [b"0", b"3", b"4", b"5"]
+    writer.send(b"6", "6")  # up again: written at once, in the call
+    assert publisher.got[-1] == b"6"
